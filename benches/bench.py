@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""kiln beside DuckDB on the demo pipelines.
+
+For each event count, makes the demo data once (`kiln demo`), then for each
+sample pipeline runs, as separate processes on the same files:
+  - kiln:   `kiln run pipelines/X.sql` (plan, execute, commit a Delta version)
+  - DuckDB: the same SELECT over the same Parquet files, written to Parquet
+and prints a Markdown table of wall time, input events/s and peak RSS, with
+the kiln/DuckDB ratios. Incremental sources are read in full by both.
+
+    python3 benches/bench.py --kiln target/release/kiln --events 1000000 10000000
+
+Needs duckdb from pip (scripts/requirements-test.txt). This is a benchmark,
+not a test: it asserts nothing.
+"""
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PIPELINES = os.path.join(HERE, "..", "pipelines")
+NAMES = ["user_daily", "item_daily", "user_trailing_7d"]
+
+DUCKDB_RUNNER = r"""
+import duckdb, sys
+sql, out = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+con.execute("SET preserve_insertion_order = false")
+con.execute(sql)
+con.execute(f"COPY (SELECT * FROM result) TO '{out}' (FORMAT PARQUET)")
+"""
+
+
+def child_peak_rss_after(cmd, env=None):
+    """Run cmd; return (seconds, peak RSS in MiB of that child)."""
+    # ru_maxrss of RUSAGE_CHILDREN is the max over all waited-for children,
+    # so each measurement runs in a fresh intermediate process.
+    probe = (
+        "import resource, subprocess, sys, time, json\n"
+        "t = time.perf_counter()\n"
+        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+        "dt = time.perf_counter() - t\n"
+        "if r.returncode != 0:\n"
+        "    sys.stderr.write(r.stderr.decode()); sys.exit(r.returncode)\n"
+        "print(json.dumps([dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe] + cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def duckdb_sql(pipeline_text, raw):
+    """The pipeline's SELECT, with its sources as DuckDB views."""
+    text = re.sub(r"--[^\n]*", "", pipeline_text)
+    stmts = [s.strip() for s in text.split(";") if s.strip()]
+    views = []
+    query = None
+    for s in stmts:
+        m = re.match(r"CREATE EXTERNAL TABLE (\w+).*?STORED AS (\w+)\s+LOCATION '([^']+)'", s, re.S | re.I)
+        if m and m.group(2).upper() == "PARQUET":
+            loc = m.group(3).replace("${RAW:-data/raw}", raw).rstrip("/")
+            glob = f"{loc}/*/*.parquet" if m.group(1) == "events" else f"{loc}/*.parquet"
+            views.append(
+                f"CREATE VIEW {m.group(1)} AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true)"
+            )
+        elif s.upper().startswith("INSERT INTO"):
+            query = re.sub(r"^INSERT INTO \w+\s*", "", s, flags=re.I)
+    return ";\n".join(views + [f"CREATE TABLE result AS {query}"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kiln", default=os.path.join(HERE, "..", "target", "release", "kiln"))
+    ap.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--python", default=sys.executable, help="a Python with duckdb installed")
+    ap.add_argument("--dir", default=None, help="work folder (default: a temp dir)")
+    args = ap.parse_args()
+    kiln = os.path.abspath(args.kiln)
+    work = args.dir or tempfile.mkdtemp(prefix="kiln-bench-")
+    rows = []
+    for n in args.events:
+        base = os.path.join(work, f"e{n}")
+        subprocess.run([kiln, "demo", "--dir", base, "--events", str(n)], check=True, stdout=subprocess.DEVNULL)
+        raw = os.path.join(base, "raw")
+        for name in NAMES:
+            path = os.path.join(PIPELINES, f"{name}.sql")
+            feats = os.path.join(base, "bench-features")
+            shutil.rmtree(feats, ignore_errors=True)
+            # Incremental sources would read nothing on a second run: bench a
+            # copy that reads everything, as DuckDB does.
+            text = open(path).read().replace("OPTIONS ('incremental' 'true')", "")
+            copy = os.path.join(base, f"bench-{name}.sql")
+            open(copy, "w").write(text)
+            k_s, k_mb = child_peak_rss_after(
+                [kiln, "run", copy, "--set", f"RAW={raw}", "--set", f"FEATURES={feats}"]
+            )
+            out = os.path.join(base, f"duck-{name}.parquet")
+            d_s, d_mb = child_peak_rss_after([args.python, "-c", DUCKDB_RUNNER, duckdb_sql(text, raw), out])
+            rows.append((name, n, k_s, k_mb, d_s, d_mb))
+            print(f"{name} @ {n}: kiln {k_s:.2f}s {k_mb:.0f} MiB, duckdb {d_s:.2f}s {d_mb:.0f} MiB", file=sys.stderr)
+    print("| pipeline | events | kiln s | kiln events/s | kiln peak RSS | DuckDB s | DuckDB events/s | DuckDB peak RSS | time kiln/DuckDB | RSS kiln/DuckDB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, n, k_s, k_mb, d_s, d_mb in rows:
+        print(
+            f"| {name} | {n:,} | {k_s:.2f} | {n / k_s:,.0f} | {k_mb:,.0f} MiB | {d_s:.2f} | {n / d_s:,.0f} | "
+            f"{d_mb:,.0f} MiB | {k_s / d_s:.2f} | {k_mb / d_mb:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

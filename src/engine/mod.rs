@@ -1,0 +1,36 @@
+//! The DataFusion session kiln runs a pipeline in, and the planning of a
+//! pipeline against it.
+
+mod plan;
+mod resources;
+
+use std::sync::Arc;
+
+use datafusion::error::Result;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+pub use plan::{PlannedInsert, PlannedPipeline, plan_pipeline};
+pub use resources::{Resources, parse_bytes};
+
+/// One session per run, sized to the container.
+pub fn session(resources: &Resources) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(resources.target_partitions)
+        .with_information_schema(true);
+    // Column positions in planning errors, for `file:line:col` messages.
+    config.options_mut().sql_parser.collect_spans = true;
+    let mut runtime =
+        RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(resources.memory_pool_bytes)));
+    if let Some(dir) = &resources.spill_dir {
+        runtime = runtime.with_temp_file_path(dir);
+    }
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime.build_arc()?)
+        .with_default_features()
+        .build();
+    Ok(SessionContext::new_with_state(state))
+}

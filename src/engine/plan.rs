@@ -1,0 +1,405 @@
+//! Planning a pipeline: register its sources, open its feature sets, plan
+//! each INSERT's query and check it against the feature set it writes. This
+//! is all of `kiln check`, and the first half of `kiln run`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::Column;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::tokenizer::Token;
+use deltalake::DeltaTable;
+
+use crate::featureset::{self, Fit};
+use crate::pipeline::{FeatureSetDecl, InsertDecl, Pipeline, Problem, SourceDecl, Statement, StatementKind};
+use crate::source::{FileSourceTable, register_file_source};
+
+/// A file source as planned: its table and how many files it will read.
+pub struct PlannedSource {
+    pub table: Arc<FileSourceTable>,
+    pub incremental: bool,
+    pub new_files: usize,
+}
+
+/// One INSERT, ready to execute.
+pub struct PlannedInsert {
+    pub feature_set: FeatureSetDecl,
+    pub df: DataFrame,
+    /// The storable schema, in the feature set's column order.
+    pub target_schema: SchemaRef,
+    /// Whether the query adds columns to the feature set.
+    pub add_columns: bool,
+    /// The feature set's version before this run, if it exists.
+    pub base_version: Option<u64>,
+}
+
+pub struct PlannedPipeline {
+    pub sources: Vec<PlannedSource>,
+    pub inserts: Vec<PlannedInsert>,
+}
+
+impl PlannedPipeline {
+    /// True when the pipeline has incremental sources and none of them has
+    /// a file that this pipeline has not committed yet.
+    pub fn nothing_new(&self) -> bool {
+        let incremental: Vec<_> = self.sources.iter().filter(|s| s.incremental).collect();
+        !incremental.is_empty() && incremental.iter().all(|s| s.new_files == 0)
+    }
+}
+
+/// Plan `pipeline` in `ctx`. Every problem found is returned.
+pub async fn plan_pipeline(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+) -> Result<PlannedPipeline, Vec<Problem>> {
+    let mut problems = Vec::new();
+
+    // Feature sets first: incremental sources need their lineage.
+    let mut sinks: Vec<(&Statement, &FeatureSetDecl, Option<DeltaTable>)> = Vec::new();
+    for (stmt, decl) in pipeline.feature_sets() {
+        match featureset::open(&decl.location).await {
+            Ok(table) => sinks.push((stmt, decl, table)),
+            Err(e) => {
+                problems.push(at_location(pipeline, stmt, &decl.location, e.to_string()));
+                sinks.push((stmt, decl, None));
+            }
+        }
+    }
+    let targets: HashSet<&str> = pipeline.inserts().map(|(_, i)| i.target.as_str()).collect();
+
+    let mut skip = HashSet::new();
+    if pipeline.sources().any(|(_, d)| d.options.incremental) {
+        for (_, decl, table) in &sinks {
+            if let (true, Some(table)) = (targets.contains(decl.name.as_str()), table) {
+                match featureset::files_read_by(table, &pipeline.name).await {
+                    Ok(files) => skip.extend(files),
+                    Err(e) => problems.push(Problem::at(
+                        &pipeline.file,
+                        pipeline.statements[0].at,
+                        e.to_string(),
+                    )),
+                }
+            }
+        }
+    }
+
+    let mut sources = Vec::new();
+    for (stmt, decl) in pipeline.sources() {
+        match plan_source(ctx, pipeline, stmt, decl, &skip).await {
+            Ok(s) => sources.push(s),
+            Err(p) => problems.push(p),
+        }
+    }
+
+    // Feature sets that exist can be read by the queries (as of the run's start).
+    for (stmt, decl, table) in &sinks {
+        if table.is_none() {
+            if !targets.contains(decl.name.as_str()) {
+                problems.push(at_location(
+                    pipeline,
+                    stmt,
+                    &decl.location,
+                    format!("no feature set at '{}' to read", decl.location),
+                ));
+            }
+            continue;
+        }
+        let version = decl.options.version.map(|v| v as u64);
+        match featureset::table_provider(&decl.location, version).await {
+            Ok(provider) => {
+                if let Err(e) = ctx.register_table(decl.name.as_str(), provider) {
+                    problems.push(df_problem(pipeline, stmt, &e));
+                }
+            }
+            Err(e) => problems.push(at_location(pipeline, stmt, &decl.location, e.to_string())),
+        }
+    }
+
+    let mut inserts = Vec::new();
+    for stmt in &pipeline.statements {
+        match &stmt.kind {
+            StatementKind::View(view) => {
+                if let Err(e) = create_view(ctx, view).await {
+                    problems.push(df_problem(pipeline, stmt, &e));
+                }
+            }
+            StatementKind::Insert(insert) => {
+                let (_, decl, table) = sinks
+                    .iter()
+                    .find(|(_, d, _)| d.name == insert.target)
+                    .expect("inserts target declared feature sets (checked when parsed)");
+                match plan_insert(ctx, pipeline, stmt, insert, decl, table.as_ref()).await {
+                    Ok(planned) => inserts.push(planned),
+                    Err(mut p) => problems.append(&mut p),
+                }
+            }
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(PlannedPipeline { sources, inserts })
+    } else {
+        Err(problems)
+    }
+}
+
+async fn plan_source(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    stmt: &Statement,
+    decl: &SourceDecl,
+    skip: &HashSet<String>,
+) -> Result<PlannedSource, Problem> {
+    let skip = if decl.options.incremental {
+        skip.clone()
+    } else {
+        HashSet::new()
+    };
+    let table = register_file_source(ctx, decl, skip)
+        .await
+        .map_err(|e| source_problem(pipeline, stmt, decl, &e))?;
+    let files = table
+        .list_files(&ctx.state())
+        .await
+        .map_err(|e| source_problem(pipeline, stmt, decl, &e))?;
+    if files.is_empty() && !decl.options.incremental {
+        return Err(at_location(
+            pipeline,
+            stmt,
+            &decl.location,
+            format!(
+                "no input files found at '{}' for source '{}'",
+                decl.location, decl.name
+            ),
+        ));
+    }
+    let new_files = files.iter().filter(|f| table.is_new(f)).count();
+    Ok(PlannedSource {
+        table,
+        incremental: decl.options.incremental,
+        new_files,
+    })
+}
+
+/// Errors while building a source are about its location or its options.
+fn source_problem(pipeline: &Pipeline, stmt: &Statement, decl: &SourceDecl, e: &DataFusionError) -> Problem {
+    let msg = clean(e);
+    // DataFusion names an unknown format option as `format.<key>`.
+    if let Some(key) = decl.create.options.iter().map(|(k, _)| k).find(|k| {
+        msg.contains(&format!("\"{}\"", k.to_lowercase()))
+            || msg.contains(&format!("format.{}", k.to_lowercase()))
+    }) {
+        return pipeline.problem_at_option(stmt, key, format!("source '{}': {msg}", decl.name));
+    }
+    at_location(
+        pipeline,
+        stmt,
+        &decl.location,
+        format!("source '{}': {msg}", decl.name),
+    )
+}
+
+async fn create_view(ctx: &SessionContext, view: &SqlStatement) -> datafusion::error::Result<()> {
+    let plan = ctx
+        .state()
+        .statement_to_plan(DFStatement::Statement(Box::new(view.clone())))
+        .await?;
+    ctx.execute_logical_plan(plan).await?;
+    Ok(())
+}
+
+async fn plan_insert(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    stmt: &Statement,
+    insert: &InsertDecl,
+    decl: &FeatureSetDecl,
+    table: Option<&DeltaTable>,
+) -> Result<PlannedInsert, Vec<Problem>> {
+    let query = DFStatement::Statement(Box::new(SqlStatement::Query(insert.query.clone())));
+    let plan = ctx
+        .state()
+        .statement_to_plan(query)
+        .await
+        .map_err(|e| vec![df_problem(pipeline, stmt, &e)])?;
+    let mut df = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| vec![df_problem(pipeline, stmt, &e)])?;
+    if !insert.columns.is_empty() {
+        df = rename_columns(df, &insert.columns).map_err(|m| vec![pipeline.problem(stmt, m)])?;
+    }
+    let query_schema = featureset::storable_schema(df.schema().as_arrow())
+        .map_err(|e| vec![pipeline.problem(stmt, e.to_string())])?;
+
+    let mut problems = Vec::new();
+    for key in &decl.options.key {
+        if query_schema.field_with_name(key).is_err() {
+            problems.push(pipeline.problem(
+                stmt,
+                format!(
+                    "key column '{key}' of feature set '{}' is not in the query's output ({})",
+                    decl.name,
+                    column_list(&query_schema)
+                ),
+            ));
+        }
+    }
+    if let Some(ts) = &decl.options.timestamp {
+        match query_schema.field_with_name(ts) {
+            Err(_) => problems.push(pipeline.problem(
+                stmt,
+                format!(
+                    "timestamp column '{ts}' of feature set '{}' is not in the query's output ({})",
+                    decl.name,
+                    column_list(&query_schema)
+                ),
+            )),
+            Ok(f) if !matches!(f.data_type(), DataType::Timestamp(_, _) | DataType::Date32) => {
+                problems.push(pipeline.problem_at_word(
+                    stmt,
+                    ts,
+                    format!(
+                        "timestamp column '{ts}' must be a TIMESTAMP or DATE, but the query gives {}",
+                        f.data_type()
+                    ),
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+
+    let base_version = table.and_then(|t| t.version());
+    let (target_schema, add_columns) = match (table, base_version) {
+        (Some(table), Some(_)) => {
+            let existing =
+                featureset::arrow_schema(table).map_err(|e| vec![pipeline.problem(stmt, e.to_string())])?;
+            match featureset::fit(&existing, &query_schema, &decl.name) {
+                Ok(Fit::Same(schema)) => (schema, false),
+                Ok(Fit::AddsColumns(schema, added)) if decl.options.allow_new_columns => {
+                    let _ = added;
+                    (schema, true)
+                }
+                Ok(Fit::AddsColumns(_, added)) => {
+                    for column in added {
+                        problems.push(pipeline.problem_at_word(
+                            stmt,
+                            &column,
+                            format!(
+                                "the query adds column '{column}' to feature set '{}': allow it with OPTIONS ('allow_new_columns' 'true')",
+                                decl.name
+                            ),
+                        ));
+                    }
+                    (query_schema.clone(), false)
+                }
+                Err(misfits) => {
+                    for (column, msg) in misfits {
+                        problems.push(pipeline.problem_at_word(stmt, &column, msg));
+                    }
+                    (query_schema.clone(), false)
+                }
+            }
+        }
+        _ => (query_schema.clone(), false),
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(PlannedInsert {
+        feature_set: decl.clone(),
+        df,
+        target_schema,
+        add_columns,
+        base_version,
+    })
+}
+
+fn column_list(schema: &SchemaRef) -> String {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    format!("columns: {}", names.join(", "))
+}
+
+/// `INSERT INTO fs (a, b) SELECT ...`: name the query's columns a, b.
+fn rename_columns(df: DataFrame, names: &[String]) -> Result<DataFrame, String> {
+    let fields = df.schema().columns();
+    if fields.len() != names.len() {
+        return Err(format!(
+            "INSERT names {} columns but the query gives {}",
+            names.len(),
+            fields.len()
+        ));
+    }
+    let exprs: Vec<Expr> = fields
+        .into_iter()
+        .zip(names)
+        .map(|(c, name): (Column, &String)| Expr::Column(c).alias(name))
+        .collect();
+    df.select(exprs).map_err(|e| clean(&e))
+}
+
+/// A problem pointing at a statement's LOCATION string.
+fn at_location(pipeline: &Pipeline, stmt: &Statement, location: &str, msg: String) -> Problem {
+    pipeline.problem_near(
+        stmt,
+        |t| matches!(t, Token::SingleQuotedString(s) if s == location),
+        msg,
+    )
+}
+
+/// DataFusion's message without its backtrace and category prefix.
+fn clean(e: &DataFusionError) -> String {
+    let text = e.to_string();
+    let mut msg = text.as_str();
+    for prefix in [
+        "Error during planning: ",
+        "Schema error: ",
+        "SQL error: ",
+        "Execution error: ",
+    ] {
+        msg = msg.strip_prefix(prefix).unwrap_or(msg);
+    }
+    // Tables live in DataFusion's default catalog; the prefix is noise.
+    msg.lines()
+        .next()
+        .unwrap_or_default()
+        .replace("'datafusion.public.", "'")
+}
+
+/// A planning error as a problem: at the span DataFusion gives, else at the
+/// name it complains about, else at the statement.
+pub(crate) fn df_problem(pipeline: &Pipeline, stmt: &Statement, e: &DataFusionError) -> Problem {
+    let msg = clean(e);
+    for inner in e.iter() {
+        if let Some(span) = inner.diagnostic().and_then(|d| d.span)
+            && span.start.line > 0
+        {
+            return pipeline.problem_at(span.start.line, span.start.column, msg);
+        }
+    }
+    if let Some(name) =
+        quoted_name_after(&msg, "No field named ").or_else(|| quoted_name_after(&msg, "table '"))
+    {
+        let last = name.rsplit('.').next().unwrap_or(&name).to_string();
+        return pipeline.problem_at_word(stmt, &last, msg);
+    }
+    pipeline.problem(stmt, msg)
+}
+
+/// The identifier that follows `marker` in a DataFusion message, without
+/// quotes: `No field named foo.` gives `foo`.
+fn quoted_name_after(msg: &str, marker: &str) -> Option<String> {
+    let rest = &msg[msg.find(marker)? + marker.len()..];
+    let name: String = rest
+        .trim_start_matches(['"', '\''])
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}

@@ -1,0 +1,145 @@
+//! Reading a feature set's versions back: what each commit did and the
+//! lineage kiln recorded in it.
+
+use std::collections::HashSet;
+
+use deltalake::DeltaTable;
+use deltalake::kernel::{Action, CommitInfo};
+use deltalake::logstore::get_actions;
+use serde::Serialize;
+
+use super::lineage::{LINEAGE_KEY, Lineage};
+use crate::error::{Context, Result};
+
+/// One version of a feature set, as `kiln versions` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    /// RFC 3339, from the commit's own timestamp.
+    pub timestamp: Option<String>,
+    pub operation: Option<String>,
+    /// Rows this commit wrote.
+    pub rows: Option<u64>,
+    pub pipeline: Option<String>,
+    pub run_id: Option<String>,
+    #[serde(skip)]
+    pub lineage: Option<Lineage>,
+}
+
+impl VersionInfo {
+    fn from_commit(version: u64, info: &CommitInfo) -> Self {
+        let lineage: Option<Lineage> = info
+            .info
+            .get(LINEAGE_KEY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let rows = lineage.as_ref().map(|l| l.rows_written).or_else(|| {
+            info.info
+                .get("operationMetrics")
+                .and_then(|m| m.get("num_added_rows"))
+                .and_then(|v| v.as_u64())
+        });
+        Self {
+            version,
+            timestamp: info
+                .timestamp
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            operation: info.operation.clone(),
+            rows,
+            pipeline: lineage.as_ref().map(|l| l.pipeline.clone()),
+            run_id: lineage.as_ref().map(|l| l.run_id.clone()),
+            lineage,
+        }
+    }
+}
+
+/// Every version of a loaded table, oldest first.
+pub async fn versions(table: &DeltaTable) -> Result<Vec<VersionInfo>> {
+    let Some(latest) = table.version() else {
+        return Ok(Vec::new());
+    };
+    let store = table.log_store();
+    let mut out = Vec::new();
+    for v in 0..=latest {
+        let Some(bytes) = store
+            .read_commit_entry(v)
+            .await
+            .context(|| format!("reading commit {v}"))?
+        else {
+            // Cleaned up by a log checkpoint; older history is gone.
+            continue;
+        };
+        let actions = get_actions(v, &bytes).context(|| format!("parsing commit {v}"))?;
+        if let Some(info) = actions.iter().find_map(|a| match a {
+            Action::CommitInfo(ci) => Some(ci),
+            _ => None,
+        }) {
+            out.push(VersionInfo::from_commit(v, info));
+        }
+    }
+    Ok(out)
+}
+
+/// Files that earlier commits of `pipeline` read: what an incremental
+/// source must skip.
+pub async fn files_read_by(table: &DeltaTable, pipeline: &str) -> Result<HashSet<String>> {
+    Ok(versions(table)
+        .await?
+        .into_iter()
+        .filter_map(|v| v.lineage)
+        .filter(|l| l.pipeline == pipeline)
+        .flat_map(|l| l.inputs.into_iter().map(|f| f.path))
+        .collect())
+}
+
+/// One version in full, as `kiln show` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionDetail {
+    pub location: String,
+    #[serde(flatten)]
+    pub info: VersionInfo,
+    /// (name, Arrow type) of each column.
+    pub schema: Vec<(String, String)>,
+    /// Rows in the table as of this version.
+    pub total_rows: u64,
+    pub files: usize,
+    pub lineage: Option<Lineage>,
+}
+
+/// Details of the loaded version of `table`.
+pub async fn version_detail(table: &DeltaTable, location: &str) -> Result<VersionDetail> {
+    let version = table.version().unwrap_or_default();
+    let info = versions(table)
+        .await?
+        .into_iter()
+        .find(|v| v.version == version)
+        .unwrap_or(VersionInfo {
+            version,
+            timestamp: None,
+            operation: None,
+            rows: None,
+            pipeline: None,
+            run_id: None,
+            lineage: None,
+        });
+    let snapshot = table
+        .snapshot()
+        .context(|| "reading the table snapshot".to_string())?;
+    let schema = snapshot
+        .snapshot()
+        .arrow_schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().to_string()))
+        .collect();
+    let files = snapshot.log_data().iter().collect::<Vec<_>>();
+    let total_rows = files.iter().filter_map(|f| f.num_records()).sum::<usize>() as u64;
+    Ok(VersionDetail {
+        location: location.to_string(),
+        lineage: info.lineage.clone(),
+        info,
+        schema,
+        total_rows,
+        files: files.len(),
+    })
+}

@@ -1,0 +1,47 @@
+//! What a commit records about the run that made it. Stored in the Delta
+//! commit info under the key [`LINEAGE_KEY`], so any Delta reader can see it.
+
+use serde::{Deserialize, Serialize};
+
+/// The commit-info key that holds kiln's lineage.
+pub const LINEAGE_KEY: &str = "kiln";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub pipeline: String,
+    /// sha256 of the pipeline SQL after variable substitution.
+    pub sql_sha256: String,
+    pub kiln_version: String,
+    pub run_id: String,
+    /// What started the run: `manual`, `demo`, ...
+    pub trigger: String,
+    pub mode: String,
+    /// Every input file the run read.
+    pub inputs: Vec<InputFile>,
+    pub rows_written: u64,
+    pub columns: Vec<ColumnStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InputFile {
+    /// The source table it was read for.
+    pub source: String,
+    /// The object-store URL of the file.
+    pub path: String,
+    pub size: u64,
+    /// RFC 3339.
+    pub last_modified: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnStats {
+    pub name: String,
+    pub data_type: String,
+    /// Non-null values.
+    pub count: u64,
+    pub null_count: u64,
+    pub min: Option<String>,
+    pub max: Option<String>,
+    /// For numeric columns only.
+    pub mean: Option<f64>,
+}

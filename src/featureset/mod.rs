@@ -1,0 +1,169 @@
+//! Feature sets: Delta tables written by kiln, one commit per run, each
+//! carrying the run's [`Lineage`].
+
+mod history;
+mod lineage;
+mod schema;
+mod stats;
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use url::Url;
+
+use crate::error::{Context, KilnError, Result};
+use crate::pipeline::SinkMode;
+
+pub use history::{VersionDetail, VersionInfo, files_read_by, version_detail, versions};
+pub use lineage::{ColumnStats, InputFile, LINEAGE_KEY, Lineage};
+pub use schema::{Fit, fit, storable_schema, to_storable};
+pub use stats::StatsCollector;
+
+/// The table URL of a feature set location: a path (relative to the
+/// working directory), `file://`, `s3://` or `gs://`. Nothing is created.
+pub fn table_url(location: &str) -> Result<Url> {
+    let url = if location.contains("://") {
+        Url::parse(location).map_err(|e| KilnError::Usage(format!("'{location}' is not a valid URL: {e}")))?
+    } else {
+        let path = std::path::absolute(location)
+            .map_err(|e| KilnError::Usage(format!("'{location}' is not a valid path: {e}")))?;
+        Url::from_directory_path(&path)
+            .map_err(|_| KilnError::Usage(format!("'{location}' is not a valid path")))?
+    };
+    let mut url = url;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
+/// Open a feature set; `None` when nothing has been committed there yet.
+pub async fn open(location: &str) -> Result<Option<DeltaTable>> {
+    let url = table_url(location)?;
+    // A local folder without a log is simply a feature set not written
+    // yet; asking deltalake would log an error for the missing path.
+    if let Ok(dir) = url.to_file_path()
+        && !dir.join("_delta_log").is_dir()
+    {
+        return Ok(None);
+    }
+    let table = DeltaTable::try_from_url(url)
+        .await
+        .context(|| format!("opening feature set at '{location}'"))?;
+    Ok(table.version().is_some().then_some(table))
+}
+
+/// Open a feature set that must exist, at `version` or the latest.
+pub async fn open_existing(location: &str, version: Option<u64>) -> Result<DeltaTable> {
+    let Some(mut table) = open(location).await? else {
+        return Err(KilnError::Usage(format!(
+            "no feature set at '{location}': it has no Delta log (_delta_log)"
+        )));
+    };
+    if let Some(v) = version {
+        table
+            .load_version(v)
+            .await
+            .context(|| format!("loading version {v} of '{location}'"))?;
+    }
+    Ok(table)
+}
+
+/// The Arrow schema of a loaded table.
+pub fn arrow_schema(table: &DeltaTable) -> Result<SchemaRef> {
+    let snapshot = table
+        .snapshot()
+        .context(|| "reading the table snapshot".to_string())?;
+    Ok(snapshot.snapshot().arrow_schema())
+}
+
+/// A feature set write that has been computed but not committed yet.
+pub struct StagedWrite {
+    pub name: String,
+    pub location: String,
+    pub mode: SinkMode,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub add_columns: bool,
+    /// Whether the feature set existed when the run was planned.
+    pub exists: bool,
+    pub lineage: Lineage,
+}
+
+impl StagedWrite {
+    pub fn rows(&self) -> u64 {
+        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+    }
+}
+
+/// Commit one staged write as one new version; returns the version.
+pub async fn commit(staged: StagedWrite) -> Result<u64> {
+    let url = table_url(&staged.location)?;
+    if url.scheme() == "file" {
+        let dir = url
+            .to_file_path()
+            .map_err(|_| KilnError::Usage(format!("bad local location '{}'", staged.location)))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| KilnError::Io(format!("creating {}: {e}", dir.display())))?;
+    }
+    let context = || format!("opening feature set '{}' at '{}'", staged.name, staged.location);
+    // A new feature set is created by its first write; loading it first
+    // would only fail (and log) for the missing log.
+    let table = if staged.exists {
+        DeltaTable::try_from_url(url).await.context(context)?
+    } else {
+        DeltaTableBuilder::from_url(url)
+            .and_then(|b| b.build())
+            .context(context)?
+    };
+    let batches = if staged.batches.is_empty() {
+        // Overwrite with no rows still commits: the new snapshot is empty.
+        vec![RecordBatch::new_empty(staged.schema.clone())]
+    } else {
+        staged.batches
+    };
+    let lineage = serde_json::to_value(&staged.lineage)?;
+    let mut write = table
+        .write(batches)
+        .with_save_mode(match staged.mode {
+            SinkMode::Append => SaveMode::Append,
+            SinkMode::Overwrite => SaveMode::Overwrite,
+        })
+        .with_commit_properties(
+            CommitProperties::default().with_metadata([(LINEAGE_KEY.to_string(), lineage)]),
+        );
+    if staged.add_columns {
+        write = write.with_schema_mode(SchemaMode::Merge);
+    }
+    let table = write.await.context(|| {
+        format!(
+            "committing feature set '{}' at '{}'",
+            staged.name, staged.location
+        )
+    })?;
+    table.version().ok_or_else(|| {
+        KilnError::Io(format!(
+            "feature set '{}' has no version after commit",
+            staged.name
+        ))
+    })
+}
+
+/// Register a feature set as a read-only table (pinned to `version`, or the
+/// latest) in a DataFusion session.
+pub async fn table_provider(
+    location: &str,
+    version: Option<u64>,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    let table = open_existing(location, version).await?;
+    let provider = table
+        .table_provider()
+        .await
+        .context(|| format!("reading feature set at '{location}'"))?;
+    Ok(provider)
+}

@@ -1,0 +1,20 @@
+//! kiln: SQL pipelines that turn raw events and files into versioned,
+//! training-ready feature sets (Delta Lake tables).
+//!
+//! Data flows one way through the modules: [`pipeline`] reads a SQL file,
+//! [`engine`] builds the DataFusion session and plans the pipeline against
+//! [`source`] tables, [`featureset`] writes and commits the results, and
+//! [`run`] ties a whole run together. [`demo`] makes sample data and runs
+//! the sample pipelines; [`report`] renders results for people.
+
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod featureset;
+pub mod ops;
+pub mod pipeline;
+pub mod report;
+pub mod run;
+pub mod source;
+
+pub use error::{KilnError, Result};

@@ -1,0 +1,226 @@
+//! The `kiln` command line: parse arguments, call the library, print.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln::demo::{self, DemoSize};
+use kiln::engine::Resources;
+use kiln::featureset;
+use kiln::ops::logging::{self, LogFormat};
+use kiln::pipeline::{Pipeline, Variables, parse_assignment};
+use kiln::run::{self, RunOptions};
+use kiln::{KilnError, report};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "SQL pipelines into versioned, training-ready feature sets (Delta Lake)"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make sample clickstream data in a local folder and run the sample pipelines over it.
+    Demo {
+        /// Folder for the data, the pipelines and the feature sets.
+        #[arg(long, default_value = "kiln-demo")]
+        dir: PathBuf,
+        /// Number of click events to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// Run a pipeline once: read, transform, commit one version per feature set.
+    Run {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Set a ${NAME} variable (repeatable); wins over the environment.
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_assignment)]
+        set: Vec<(String, String)>,
+        /// What started this run, recorded in the lineage.
+        #[arg(long, default_value = "manual")]
+        trigger: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Parse and plan pipelines without reading data or writing anything.
+    Check {
+        /// Pipeline files or folders of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Set a ${NAME} variable (repeatable); wins over the environment.
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_assignment)]
+        set: Vec<(String, String)>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// List the versions of a feature set.
+    Versions {
+        /// The feature set's location: a path, file://, s3:// or gs:// URL.
+        url: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Show one version of a feature set: schema, lineage and statistics.
+    Show {
+        /// LOCATION or LOCATION@VERSION (the latest when no version is given).
+        url: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+fn variables(set: Vec<(String, String)>) -> Variables {
+    Variables::from_env(set.into_iter().collect::<BTreeMap<_, _>>())
+}
+
+/// `path@3` is version 3 of `path`; an `@` not followed by digits is part of the path.
+fn split_version(url: &str) -> (String, Option<u64>) {
+    match url.rsplit_once('@') {
+        Some((base, v)) if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()) => {
+            (base.to_string(), v.parse().ok())
+        }
+        _ => (url.to_string(), None),
+    }
+}
+
+fn emit<T: serde::Serialize>(output: Output, value: &T, text: impl FnOnce(&T) -> String) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("results serialize")
+        ),
+        Output::Text => print!("{}", text(value)),
+    }
+}
+
+async fn execute(command: Command) -> Result<ExitCode, KilnError> {
+    let resources = Resources::detect();
+    match command {
+        Command::Demo { dir, events } => {
+            if events < 1000 {
+                return Err(KilnError::Usage("--events must be at least 1000".into()));
+            }
+            let options = RunOptions {
+                trigger: "demo".into(),
+                progress: true,
+                resources,
+            };
+            let report = demo::run_demo(&dir, DemoSize { events }, &options).await?;
+            print!("{}", demo_text(&report));
+        }
+        Command::Run {
+            file,
+            set,
+            trigger,
+            output,
+        } => {
+            let pipeline = Pipeline::load(&file, &variables(set))?;
+            let options = RunOptions {
+                trigger,
+                progress: output == Output::Text,
+                resources,
+            };
+            let summary = run::run_pipeline(&pipeline, &options).await?;
+            emit(output, &summary, report::run_summary);
+        }
+        Command::Check { paths, set, output } => {
+            let result = run::check_paths(&paths, &variables(set), &resources).await?;
+            emit(output, &result, report::check_report);
+            if !result.ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Versions { url, output } => {
+            let table = featureset::open_existing(&url, None).await?;
+            let list = featureset::versions(&table).await?;
+            emit(output, &list, |l| report::versions(l));
+        }
+        Command::Show { url, output } => {
+            let (location, version) = split_version(&url);
+            let table = featureset::open_existing(&location, version).await?;
+            let detail = featureset::version_detail(&table, &location).await?;
+            emit(output, &detail, report::version_detail);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo_text(report: &demo::DemoReport) -> String {
+    let dir = report.dir.display();
+    let mut out = match &report.generated {
+        Some(d) => format!(
+            "made {} events, {} users, {} items ({} Parquet files) in {dir}/raw\n",
+            d.events, d.users, d.items, d.files
+        ),
+        None => format!("reusing the sample data in {dir}/raw\n"),
+    };
+    for s in &report.runs {
+        out.push_str(&report::run_summary(s));
+    }
+    out.push_str(&format!(
+        "\nthe pipelines are in {dir}/pipelines, the feature sets in {dir}/features\n\
+         look at one:   kiln show {dir}/features/user_daily\n\
+         all versions:  kiln versions {dir}/features/user_daily\n\
+         read it from Python (pip install deltalake pandas):\n\
+         \x20   from deltalake import DeltaTable\n\
+         \x20   t = DeltaTable(\"{dir}/features/user_daily\")\n\
+         \x20   print(t.version(), t.to_pandas().head())\n"
+    ));
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(code) => code,
+        Err(KilnError::Problems(problems)) => {
+            for p in problems {
+                eprintln!("{p}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_version;
+
+    #[test]
+    fn version_suffix() {
+        assert_eq!(split_version("s3://b/fs@12"), ("s3://b/fs".into(), Some(12)));
+        assert_eq!(split_version("/data/a@b/fs"), ("/data/a@b/fs".into(), None));
+        assert_eq!(split_version("fs"), ("fs".into(), None));
+    }
+}

@@ -1,0 +1,35 @@
+//! Structured logs on stderr: human-readable on a terminal, JSON lines
+//! otherwise (what log collectors on Kubernetes expect).
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    Text,
+    Json,
+}
+
+/// Install the global subscriber. `RUST_LOG` (or `KILN_LOG`) sets the level;
+/// the default shows warnings and errors only, so command output stays clean.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("KILN_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder.with_target(false).try_init()
+    };
+}

@@ -1,0 +1,150 @@
+//! Reading a pipeline file: variables, statements and the checks that need
+//! no data. The result, a [`Pipeline`], is what the engine plans and runs.
+
+mod options;
+mod parse;
+mod problem;
+mod vars;
+
+use std::path::Path;
+
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
+use sha2::{Digest, Sha256};
+
+pub use options::{FeatureSetOptions, SinkMode, SourceOptions};
+pub use parse::{FeatureSetDecl, InsertDecl, SourceDecl, StatementKind};
+pub use problem::{Position, Problem};
+pub use vars::{SourceMap, Variables, parse_assignment};
+
+/// One statement of a pipeline, with what is needed to point at its parts.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// Where the statement starts in the original file.
+    pub at: Position,
+    pub kind: StatementKind,
+    /// Tokens with positions in the substituted text, to locate names and
+    /// options that the parser reports without a position.
+    tokens: Vec<TokenWithSpan>,
+}
+
+/// A parsed pipeline file.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The file stem: `pipelines/user_daily.sql` is pipeline `user_daily`.
+    pub name: String,
+    /// The path as the user gave it, for messages.
+    pub file: String,
+    /// The SQL after variable substitution: what ran, and what is hashed.
+    pub sql: String,
+    /// sha256 of `sql`, hex.
+    pub sql_sha256: String,
+    pub statements: Vec<Statement>,
+    map: SourceMap,
+}
+
+impl Pipeline {
+    /// Read, substitute and parse a pipeline file. Every problem found is
+    /// returned, not only the first.
+    pub fn load(path: &Path, vars: &Variables) -> Result<Self, Vec<Problem>> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![Problem::at(
+                &file,
+                Position::START,
+                format!("cannot read pipeline: {e}"),
+            )]
+        })?;
+        Self::from_text(&file, &text, vars)
+    }
+
+    pub fn from_text(file: &str, text: &str, vars: &Variables) -> Result<Self, Vec<Problem>> {
+        let substituted = vars::substitute(text, vars, file)?;
+        let name = Path::new(file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".to_string());
+        let statements = parse::parse_statements(file, &substituted.text, &substituted.map)?;
+        let sql_sha256 = hex(&Sha256::digest(substituted.text.as_bytes()));
+        Ok(Self {
+            name,
+            file: file.to_string(),
+            sql: substituted.text,
+            sql_sha256,
+            statements,
+            map: substituted.map,
+        })
+    }
+
+    /// A problem at the start of `stmt`.
+    pub fn problem(&self, stmt: &Statement, message: impl Into<String>) -> Problem {
+        Problem::at(&self.file, stmt.at, message)
+    }
+
+    /// A problem at a position reported against the substituted text.
+    pub fn problem_at(&self, line: u64, column: u64, message: impl Into<String>) -> Problem {
+        Problem::at(&self.file, self.map.to_original(line, column), message)
+    }
+
+    /// A problem at the first token of `stmt` that `matches`, or at the
+    /// statement's start when no token does.
+    pub fn problem_near(
+        &self,
+        stmt: &Statement,
+        matches: impl Fn(&Token) -> bool,
+        message: impl Into<String>,
+    ) -> Problem {
+        match stmt.tokens.iter().find(|t| matches(&t.token)) {
+            Some(t) => self.problem_at(t.span.start.line, t.span.start.column, message),
+            None => self.problem(stmt, message),
+        }
+    }
+
+    /// A problem at the quoted option `key` in `stmt`'s OPTIONS.
+    pub fn problem_at_option(&self, stmt: &Statement, key: &str, message: impl Into<String>) -> Problem {
+        self.problem_near(
+            stmt,
+            |t| matches!(t, Token::SingleQuotedString(s) if s.eq_ignore_ascii_case(key)),
+            message,
+        )
+    }
+
+    /// A problem at the identifier `name` in `stmt` (case-insensitive).
+    pub fn problem_at_word(&self, stmt: &Statement, name: &str, message: impl Into<String>) -> Problem {
+        self.problem_near(
+            stmt,
+            |t| matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case(name)),
+            message,
+        )
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = (&Statement, &SourceDecl)> {
+        self.statements.iter().filter_map(|s| match &s.kind {
+            StatementKind::Source(d) => Some((s, d)),
+            _ => None,
+        })
+    }
+
+    pub fn feature_sets(&self) -> impl Iterator<Item = (&Statement, &FeatureSetDecl)> {
+        self.statements.iter().filter_map(|s| match &s.kind {
+            StatementKind::FeatureSet(d) => Some((s, d)),
+            _ => None,
+        })
+    }
+
+    pub fn inserts(&self) -> impl Iterator<Item = (&Statement, &InsertDecl)> {
+        self.statements.iter().filter_map(|s| match &s.kind {
+            StatementKind::Insert(d) => Some((s, d)),
+            _ => None,
+        })
+    }
+
+    pub fn feature_set(&self, name: &str) -> Option<&FeatureSetDecl> {
+        self.feature_sets()
+            .map(|(_, d)| d)
+            .find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

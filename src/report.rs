@@ -1,0 +1,157 @@
+//! Text renderings of command results for a person at a terminal. Machines
+//! get the same structures as JSON (`--output json`).
+
+use std::fmt::Write;
+
+use crate::featureset::{VersionDetail, VersionInfo};
+use crate::run::{CheckReport, RunSummary};
+
+pub fn run_summary(s: &RunSummary) -> String {
+    let mut out = String::new();
+    for o in &s.feature_sets {
+        match (o.version, &o.skipped) {
+            (Some(v), _) => writeln!(
+                out,
+                "{}: committed {} version {} ({} rows, {})",
+                s.pipeline,
+                o.feature_set,
+                v,
+                o.rows,
+                o.mode.as_str()
+            ),
+            (None, Some(why)) => writeln!(out, "{}: {} unchanged: {why}", s.pipeline, o.feature_set),
+            (None, None) => writeln!(out, "{}: {} unchanged", s.pipeline, o.feature_set),
+        }
+        .expect("writing to a String");
+    }
+    writeln!(
+        out,
+        "{}: {} input files, {:.2}s, run {}",
+        s.pipeline,
+        s.input_files,
+        s.elapsed_ms as f64 / 1000.0,
+        s.run_id
+    )
+    .expect("writing to a String");
+    out
+}
+
+pub fn check_report(r: &CheckReport) -> String {
+    let mut out = String::new();
+    for f in &r.files {
+        if f.problems.is_empty() {
+            writeln!(out, "{}: ok", f.file).expect("writing to a String");
+        }
+        for p in &f.problems {
+            writeln!(out, "{p}").expect("writing to a String");
+        }
+    }
+    out
+}
+
+pub fn versions(list: &[VersionInfo]) -> String {
+    let mut out = format!(
+        "{:>7}  {:<24}  {:<12}  {:>10}  {:<20}  {}\n",
+        "VERSION", "TIME", "OPERATION", "ROWS", "PIPELINE", "RUN"
+    );
+    for v in list {
+        writeln!(
+            out,
+            "{:>7}  {:<24}  {:<12}  {:>10}  {:<20}  {}",
+            v.version,
+            v.timestamp.as_deref().unwrap_or("-"),
+            v.operation.as_deref().unwrap_or("-"),
+            v.rows.map_or("-".to_string(), |r| r.to_string()),
+            v.pipeline.as_deref().unwrap_or("-"),
+            v.run_id.as_deref().unwrap_or("-"),
+        )
+        .expect("writing to a String");
+    }
+    out
+}
+
+pub fn version_detail(d: &VersionDetail) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let line = |w: &mut String, s: String| writeln!(w, "{s}").expect("writing to a String");
+    line(
+        w,
+        format!("feature set {} version {}", d.location, d.info.version),
+    );
+    line(
+        w,
+        format!("  time:       {}", d.info.timestamp.as_deref().unwrap_or("-")),
+    );
+    line(
+        w,
+        format!("  operation:  {}", d.info.operation.as_deref().unwrap_or("-")),
+    );
+    line(
+        w,
+        format!(
+            "  rows:       {} in this version ({} files)",
+            d.total_rows, d.files
+        ),
+    );
+    line(w, "schema:".to_string());
+    for (name, t) in &d.schema {
+        line(w, format!("  {name:<24} {t}"));
+    }
+    let Some(l) = &d.lineage else {
+        line(w, "lineage: none (not written by kiln)".to_string());
+        return out;
+    };
+    line(w, "lineage:".to_string());
+    line(w, format!("  pipeline:   {}", l.pipeline));
+    line(w, format!("  sql sha256: {}", l.sql_sha256));
+    line(w, format!("  kiln:       {}", l.kiln_version));
+    line(
+        w,
+        format!(
+            "  run:        {} (trigger: {}, mode: {})",
+            l.run_id, l.trigger, l.mode
+        ),
+    );
+    line(w, format!("  rows written: {}", l.rows_written));
+    line(w, format!("  inputs:     {} files", l.inputs.len()));
+    for f in l.inputs.iter().take(10) {
+        line(
+            w,
+            format!("    {} ({} bytes, {})", f.path, f.size, f.last_modified),
+        );
+    }
+    if l.inputs.len() > 10 {
+        line(w, format!("    ... and {} more", l.inputs.len() - 10));
+    }
+    line(w, "statistics:".to_string());
+    line(
+        w,
+        format!(
+            "  {:<24} {:>10} {:>8} {:>22} {:>22} {:>14}",
+            "column", "count", "nulls", "min", "max", "mean"
+        ),
+    );
+    for c in &l.columns {
+        line(
+            w,
+            format!(
+                "  {:<24} {:>10} {:>8} {:>22} {:>22} {:>14}",
+                c.name,
+                c.count,
+                c.null_count,
+                truncate(c.min.as_deref().unwrap_or("-")),
+                truncate(c.max.as_deref().unwrap_or("-")),
+                c.mean.map_or("-".to_string(), |m| format!("{m:.4}")),
+            ),
+        );
+    }
+    out
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() <= 22 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(21).collect::<String>())
+    }
+}

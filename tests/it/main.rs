@@ -1,0 +1,11 @@
+//! End-to-end tests: the `kiln` binary against real files, a real
+//! S3-compatible server, and an independent Delta reader (Python deltalake).
+//! One test binary, so the stack is linked once.
+
+mod common;
+
+mod check_errors;
+mod demo;
+mod incremental;
+mod run_local;
+mod s3;
