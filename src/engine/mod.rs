@@ -1,6 +1,7 @@
 //! The DataFusion session kiln runs a pipeline in, and the planning of a
 //! pipeline against it.
 
+mod distinct;
 mod plan;
 mod resources;
 
@@ -12,6 +13,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+pub use distinct::SplitDistinctAggregates;
 pub use plan::{PlannedInsert, PlannedPipeline, plan_pipeline};
 pub use resources::{Resources, parse_bytes};
 
@@ -31,6 +33,7 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
         .with_config(config)
         .with_runtime_env(runtime.build_arc()?)
         .with_default_features()
+        .with_optimizer_rule(Arc::new(SplitDistinctAggregates))
         .build();
     Ok(SessionContext::new_with_state(state))
 }

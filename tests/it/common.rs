@@ -70,6 +70,10 @@ pub fn python_bin() -> String {
 
 /// Run a Python snippet with `args` in sys.argv[1:]; its stdout is JSON.
 pub fn python_json(script: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
+    // deltalake 1.6 with pyarrow can abort in interpreter teardown
+    // ("terminate called without an active exception") after its work is
+    // done; leave without the teardown once the answer is printed.
+    let script = format!("{script}\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_os._exit(0)\n");
     let mut cmd = Command::new(python_bin());
     cmd.arg("-c").arg(script).args(args);
     for (k, v) in env {
