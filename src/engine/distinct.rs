@@ -263,17 +263,12 @@ mod tests {
 
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{Field, Schema};
-    use arrow::util::pretty::pretty_format_batches;
-    use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
 
     use super::*;
+    use crate::engine::rule_testing::{plan, run, session_with};
 
     fn context(with_rule: bool) -> SessionContext {
-        let ctx = SessionContext::new();
-        if with_rule {
-            ctx.add_optimizer_rule(Arc::new(SplitDistinctAggregates));
-        }
         let schema = Arc::new(Schema::new(vec![
             Field::new("g", DataType::Int64, true),
             Field::new("item", DataType::Utf8, true),
@@ -297,7 +292,7 @@ mod tests {
             .collect();
         let v: Vec<i64> = (0..200).map(|i| i % 9).collect();
         let batch = RecordBatch::try_new(
-            schema.clone(),
+            schema,
             vec![
                 Arc::new(Int64Array::from(g)),
                 Arc::new(StringArray::from(item)),
@@ -306,19 +301,9 @@ mod tests {
             ],
         )
         .unwrap();
-        let table = MemTable::try_new(schema, vec![vec![batch]]).unwrap();
-        ctx.register_table("t", Arc::new(table)).unwrap();
-        ctx
-    }
-
-    async fn run(ctx: &SessionContext, sql: &str) -> String {
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        pretty_format_batches(&batches).unwrap().to_string()
-    }
-
-    async fn plan(ctx: &SessionContext, sql: &str) -> String {
-        let df = ctx.sql(sql).await.unwrap();
-        format!("{}", df.into_optimized_plan().unwrap().display_indent())
+        let rule: Option<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> =
+            with_rule.then(|| Arc::new(SplitDistinctAggregates) as _);
+        session_with("t", batch, rule)
     }
 
     const QUERIES: &[&str] = &[

@@ -3,7 +3,10 @@
 
 mod distinct;
 mod plan;
+mod range_window;
 mod resources;
+#[cfg(test)]
+mod rule_testing;
 
 use std::sync::Arc;
 
@@ -15,6 +18,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use distinct::SplitDistinctAggregates;
 pub use plan::{PlannedInsert, PlannedPipeline, plan_pipeline};
+pub use range_window::DailyRangeWindows;
 pub use resources::{Resources, parse_bytes};
 
 /// One session per run, sized to the container.
@@ -29,11 +33,28 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
     if let Some(dir) = &resources.spill_dir {
         runtime = runtime.with_temp_file_path(dir);
     }
-    let state = SessionStateBuilder::new()
+    let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime.build_arc()?)
-        .with_default_features()
-        .with_optimizer_rule(Arc::new(SplitDistinctAggregates))
-        .build();
-    Ok(SessionContext::new_with_state(state))
+        .with_default_features();
+    // Where DataFusion's defaults lose to peers on feature workloads.
+    let rewrites = std::env::var("KILN_REWRITES").unwrap_or_else(|_| "all".to_string());
+    if rewrite_enabled(&rewrites, "distinct") {
+        state = state.with_optimizer_rule(Arc::new(SplitDistinctAggregates));
+    }
+    if rewrite_enabled(&rewrites, "range_window") {
+        state = state.with_optimizer_rule(Arc::new(DailyRangeWindows));
+    }
+    Ok(SessionContext::new_with_state(state.build()))
+}
+
+/// `KILN_REWRITES`: `all` (the default), `none`, or a comma-separated list
+/// of `distinct`, `range_window`. A switch for benchmarks and for ruling
+/// kiln's rewrites in or out when a result looks wrong.
+fn rewrite_enabled(setting: &str, rule: &str) -> bool {
+    match setting.trim() {
+        "all" | "" => true,
+        "none" => false,
+        list => list.split(',').any(|r| r.trim() == rule),
+    }
 }

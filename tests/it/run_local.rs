@@ -161,11 +161,13 @@ fn csv_json_globs_and_hive_partitions() {
         &d.join("raw/hive/day=2026-01-02/f.csv"),
         "user_id,clicks\n1,6\n2,1\n",
     );
+    // The JSON source is named by a file:// URL, the others by paths.
+    let json_url = format!("file://{}/raw/json/", d.display());
     write(
         &d.join("mixed.sql"),
         "CREATE EXTERNAL TABLE spend (user_id BIGINT NOT NULL, amount DOUBLE)\n\
            STORED AS CSV LOCATION 'raw/csv/*.csv' OPTIONS ('has_header' 'true');\n\
-         CREATE EXTERNAL TABLE tags STORED AS JSON LOCATION 'raw/json/';\n\
+         CREATE EXTERNAL TABLE tags STORED AS JSON LOCATION '${JSON_URL}';\n\
          CREATE EXTERNAL TABLE clicks STORED AS CSV LOCATION 'raw/hive/' OPTIONS ('has_header' 'true');\n\
          CREATE EXTERNAL TABLE mixed STORED AS FEATURES LOCATION 'out/mixed' OPTIONS ('key' 'user_id');\n\
          INSERT INTO mixed\n\
@@ -175,7 +177,10 @@ fn csv_json_globs_and_hive_partitions() {
          JOIN (SELECT user_id, sum(clicks) AS clicks, count(DISTINCT day) AS days FROM clicks GROUP BY user_id) c\n\
            ON c.user_id = s.user_id;\n",
     );
-    let summary = kiln(d, &["run", "mixed.sql", "--output", "json"]).ok().json();
+    let set_json = format!("JSON_URL={json_url}");
+    let summary = kiln(d, &["run", "mixed.sql", "--set", &set_json, "--output", "json"])
+        .ok()
+        .json();
     assert_eq!(summary["feature_sets"][0]["rows"], 2);
     // Two CSVs, one JSON, two hive files; the .txt is not read.
     assert_eq!(summary["input_files"], 5);

@@ -1,0 +1,38 @@
+//! Helpers for testing kiln's optimizer rules: the same SQL in a session
+//! with and without a rule must give the same answer, and the rule must
+//! (or must not) have changed the plan.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::util::pretty::pretty_format_batches;
+use datafusion::datasource::MemTable;
+use datafusion::optimizer::OptimizerRule;
+use datafusion::prelude::SessionContext;
+
+/// A session holding `batch` as table `name`, with `rule` added if given.
+pub fn session_with(
+    name: &str,
+    batch: RecordBatch,
+    rule: Option<Arc<dyn OptimizerRule + Send + Sync>>,
+) -> SessionContext {
+    let ctx = SessionContext::new();
+    if let Some(rule) = rule {
+        ctx.add_optimizer_rule(rule);
+    }
+    let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+    ctx.register_table(name, Arc::new(table)).unwrap();
+    ctx
+}
+
+/// The query's result, as a table of text.
+pub async fn run(ctx: &SessionContext, sql: &str) -> String {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+/// The optimized logical plan, indented.
+pub async fn plan(ctx: &SessionContext, sql: &str) -> String {
+    let df = ctx.sql(sql).await.unwrap();
+    format!("{}", df.into_optimized_plan().unwrap().display_indent())
+}
