@@ -6,12 +6,17 @@ sample pipeline runs, as separate processes on the same files:
   - kiln:   `kiln run pipelines/X.sql` (plan, execute, commit a Delta version)
   - DuckDB: the same SELECT over the same Parquet files, written to Parquet
 and prints a Markdown table of wall time, input events/s and peak RSS, with
-the kiln/DuckDB ratios. Incremental sources are read in full by both.
+the kiln/DuckDB ratios, and whether the two outputs agree (row count and the
+sum of every numeric column). Incremental sources are read in full by both.
 
-    python3 benches/bench.py --kiln target/release/kiln --events 1000000 10000000
+At the sizes given by --baseline-events it also runs kiln with its planner
+rewrites off (KILN_REWRITES=none), to show what they are worth.
 
-Needs duckdb from pip (scripts/requirements-test.txt). This is a benchmark,
-not a test: it asserts nothing.
+    .venv/bin/python benches/bench.py --kiln target/release/kiln --events 1000000 10000000
+
+Run it with a Python that has duckdb and deltalake
+(scripts/requirements-test.txt). This is a benchmark, not a test: it
+asserts nothing.
 """
 import argparse
 import json
@@ -37,6 +42,31 @@ con.execute("SET preserve_insertion_order = false")
 con.execute(sql)
 con.execute(f"COPY (SELECT * FROM result) TO '{out}' (FORMAT PARQUET)")
 """
+
+
+def outputs_agree(kiln_table, duckdb_file):
+    """Same rows and, per numeric column, the same sum (relative 1e-9)."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    k = DeltaTable(kiln_table).to_pyarrow_table()
+    d = duckdb.sql(f"SELECT * FROM read_parquet('{duckdb_file}')").arrow()
+    if hasattr(d, "read_all"):
+        d = d.read_all()
+    if k.num_rows != d.num_rows:
+        return f"rows {k.num_rows} vs {d.num_rows}"
+    import pyarrow.compute as pc
+    import pyarrow as pa
+
+    for name in k.column_names:
+        col = k[name]
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            continue
+        a = pc.sum(col).as_py() or 0
+        b = pc.sum(d[name]).as_py() or 0
+        if abs(a - b) > 1e-9 * max(1.0, abs(a), abs(b)):
+            return f"sum({name}) {a} vs {b}"
+    return "yes"
 
 
 def child_peak_rss_after(cmd, env=None):
@@ -83,10 +113,18 @@ def main():
     ap.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--python", default=sys.executable, help="a Python with duckdb installed")
     ap.add_argument("--dir", default=None, help="work folder (default: a temp dir)")
+    ap.add_argument(
+        "--baseline-events",
+        type=int,
+        nargs="*",
+        default=[1_000_000],
+        help="sizes at which kiln also runs without its rewrites (DataFusion's own plans)",
+    )
     args = ap.parse_args()
     kiln = os.path.abspath(args.kiln)
     work = args.dir or tempfile.mkdtemp(prefix="kiln-bench-")
     rows = []
+    baseline = []
     for n in args.events:
         base = os.path.join(work, f"e{n}")
         subprocess.run([kiln, "demo", "--dir", base, "--events", str(n)], check=True, stdout=subprocess.DEVNULL)
@@ -100,20 +138,32 @@ def main():
             text = open(path).read().replace("OPTIONS ('incremental' 'true')", "")
             copy = os.path.join(base, f"bench-{name}.sql")
             open(copy, "w").write(text)
-            k_s, k_mb = child_peak_rss_after(
-                [kiln, "run", copy, "--set", f"RAW={raw}", "--set", f"FEATURES={feats}"]
-            )
+            run = [kiln, "run", copy, "--set", f"RAW={raw}", "--set", f"FEATURES={feats}"]
+            k_s, k_mb = child_peak_rss_after(run)
             out = os.path.join(base, f"duck-{name}.parquet")
             d_s, d_mb = child_peak_rss_after([args.python, "-c", DUCKDB_RUNNER, duckdb_sql(text, raw), out])
-            rows.append((name, n, k_s, k_mb, d_s, d_mb))
-            print(f"{name} @ {n}: kiln {k_s:.2f}s {k_mb:.0f} MiB, duckdb {d_s:.2f}s {d_mb:.0f} MiB", file=sys.stderr)
-    print("| pipeline | events | kiln s | kiln events/s | kiln peak RSS | DuckDB s | DuckDB events/s | DuckDB peak RSS | time kiln/DuckDB | RSS kiln/DuckDB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, n, k_s, k_mb, d_s, d_mb in rows:
+            agree = outputs_agree(os.path.join(feats, name), out)
+            rows.append((name, n, k_s, k_mb, d_s, d_mb, agree))
+            print(f"{name} @ {n}: kiln {k_s:.2f}s {k_mb:.0f} MiB, duckdb {d_s:.2f}s {d_mb:.0f} MiB, agree: {agree}", file=sys.stderr)
+            if n in args.baseline_events:
+                shutil.rmtree(feats, ignore_errors=True)
+                env = dict(os.environ, KILN_REWRITES="none")
+                b_s, b_mb = child_peak_rss_after(run, env=env)
+                baseline.append((name, n, k_s, k_mb, b_s, b_mb))
+                print(f"{name} @ {n}: kiln without rewrites {b_s:.2f}s {b_mb:.0f} MiB", file=sys.stderr)
+    print("| pipeline | events | kiln s | kiln events/s | kiln peak RSS | DuckDB s | DuckDB events/s | DuckDB peak RSS | time kiln/DuckDB | RSS kiln/DuckDB | outputs agree |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, n, k_s, k_mb, d_s, d_mb, agree in rows:
         print(
             f"| {name} | {n:,} | {k_s:.2f} | {n / k_s:,.0f} | {k_mb:,.0f} MiB | {d_s:.2f} | {n / d_s:,.0f} | "
-            f"{d_mb:,.0f} MiB | {k_s / d_s:.2f} | {k_mb / d_mb:.2f} |"
+            f"{d_mb:,.0f} MiB | {k_s / d_s:.2f} | {k_mb / d_mb:.2f} | {agree} |"
         )
+    if baseline:
+        print()
+        print("| pipeline | events | kiln s | kiln peak RSS | without rewrites s | without rewrites peak RSS |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, n, k_s, k_mb, b_s, b_mb in baseline:
+            print(f"| {name} | {n:,} | {k_s:.2f} | {k_mb:,.0f} MiB | {b_s:.2f} | {b_mb:,.0f} MiB |")
 
 
 if __name__ == "__main__":

@@ -261,8 +261,10 @@ fn rewrite(window: &Window, frame: &Frame) -> Result<LogicalPlan> {
 
     let mut group: Vec<Expr> = partition_names.iter().map(col).collect();
     group.push(col("__kiln_day"));
-    let grouped = LogicalPlanBuilder::from(Arc::clone(input))
-        .cross_join(offsets)?
+    // The offsets go on the build side: a cross join buffers its left input
+    // in memory and streams the right one, keeping its partitions.
+    let grouped = LogicalPlanBuilder::from(offsets)
+        .cross_join(input.as_ref().clone())?
         .project(copies)?
         .aggregate(group, aggregates)?
         .filter(col("__kiln_present"))?;
