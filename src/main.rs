@@ -68,6 +68,19 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Show the plan of each INSERT, after kiln's rewrites; --analyze runs the queries (commits nothing).
+    Explain {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Set a ${NAME} variable (repeatable); wins over the environment.
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_assignment)]
+        set: Vec<(String, String)>,
+        /// Run the queries and show each operator's rows, time and memory.
+        #[arg(long)]
+        analyze: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// List the versions of a feature set.
     Versions {
         /// The feature set's location: a path, file://, s3:// or gs:// URL.
@@ -144,6 +157,16 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             if !result.ok {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Explain {
+            file,
+            set,
+            analyze,
+            output,
+        } => {
+            let pipeline = Pipeline::load(&file, &variables(set))?;
+            let plans = run::explain_pipeline(&pipeline, analyze, &resources).await?;
+            emit(output, &plans, |p| report::explain(p));
         }
         Command::Versions { url, output } => {
             let table = featureset::open_existing(&url, None).await?;

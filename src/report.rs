@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::featureset::{VersionDetail, VersionInfo};
-use crate::run::{CheckReport, RunSummary};
+use crate::run::{CheckReport, InsertPlan, RunSummary};
 
 pub fn run_summary(s: &RunSummary) -> String {
     let mut out = String::new();
@@ -154,4 +154,15 @@ fn truncate(s: &str) -> String {
     } else {
         format!("{}…", s.chars().take(21).collect::<String>())
     }
+}
+
+pub fn explain(plans: &[InsertPlan]) -> String {
+    let mut out = String::new();
+    for p in plans {
+        writeln!(out, "== INSERT INTO {} ==", p.feature_set).expect("writing to a String");
+        for (kind, plan) in &p.plans {
+            writeln!(out, "-- {kind}\n{plan}").expect("writing to a String");
+        }
+    }
+    out
 }

@@ -6,6 +6,7 @@
 //! order of the INSERTs (Delta has no multi-table transaction).
 
 mod check;
+mod explain;
 mod progress;
 
 use std::time::Instant;
@@ -19,6 +20,7 @@ use crate::featureset::{self, InputFile, Lineage, StagedWrite, StatsCollector};
 use crate::pipeline::{Pipeline, SinkMode};
 
 pub use check::{CheckReport, check_paths};
+pub use explain::{InsertPlan, explain_pipeline};
 use progress::Progress;
 
 /// How a run was started and how it reports.

@@ -223,3 +223,26 @@ fn a_failing_run_commits_nothing_to_any_feature_set() {
     );
     assert!(!has_delta_log(&d.join("out/bad")));
 }
+
+#[test]
+fn explain_shows_kilns_rewrites_and_writes_nothing() {
+    let (dir, data, out) = setup();
+    let set_data = format!("DATA={data}");
+    let set_out = format!("OUT={out}");
+    let args = ["explain", "per_user.sql", "--set", &set_data, "--set", &set_out];
+    let text = kiln(dir.path(), &args).ok().stdout;
+    assert!(text.contains("== INSERT INTO per_user =="), "{text}");
+    // count(DISTINCT kind) beside count(*) and sum(value): split into joined aggregates.
+    assert!(
+        text.contains("__kiln_r0") && text.contains("AggregateExec"),
+        "{text}"
+    );
+    let mut analyze = args.to_vec();
+    analyze.push("--analyze");
+    let analyzed = kiln(dir.path(), &analyze).ok().stdout;
+    assert!(analyzed.contains("output_rows=7"), "{analyzed}");
+    assert!(
+        !has_delta_log(&dir.path().join("features/per_user")),
+        "explain commits nothing"
+    );
+}

@@ -1,0 +1,55 @@
+//! `kiln explain`: the plans DataFusion will run for each INSERT, after
+//! kiln's rewrites; with `--analyze` the queries run (nothing is committed)
+//! and each operator shows its rows, time and memory.
+
+use arrow::array::{Array, StringArray};
+use arrow::record_batch::RecordBatch;
+use serde::Serialize;
+
+use crate::engine::{self, Resources};
+use crate::error::{Context, KilnError, Result};
+use crate::pipeline::Pipeline;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InsertPlan {
+    pub feature_set: String,
+    /// (plan type, plan text), as DataFusion's EXPLAIN gives them.
+    pub plans: Vec<(String, String)>,
+}
+
+pub async fn explain_pipeline(
+    pipeline: &Pipeline,
+    analyze: bool,
+    resources: &Resources,
+) -> Result<Vec<InsertPlan>> {
+    let ctx = engine::session(resources).context(|| "creating the query session".to_string())?;
+    let planned = engine::plan_pipeline(&ctx, pipeline)
+        .await
+        .map_err(KilnError::Problems)?;
+    let mut out = Vec::new();
+    for insert in planned.inserts {
+        let name = insert.feature_set.name.clone();
+        let batches = insert
+            .df
+            .explain(false, analyze)
+            .context(|| format!("explaining '{name}'"))?
+            .collect()
+            .await
+            .context(|| format!("explaining '{name}'"))?;
+        out.push(InsertPlan {
+            feature_set: name,
+            plans: batches.iter().flat_map(plan_rows).collect(),
+        });
+    }
+    Ok(out)
+}
+
+fn plan_rows(batch: &RecordBatch) -> Vec<(String, String)> {
+    let text = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().cloned();
+    match (text(0), text(1)) {
+        (Some(kind), Some(plan)) => (0..batch.num_rows())
+            .map(|r| (kind.value(r).to_string(), plan.value(r).to_string()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
