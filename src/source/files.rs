@@ -126,27 +126,52 @@ impl TableProvider for FileSourceTable {
                 return Ok(Transformed::no(node));
             };
             let mut read = self.read.lock().expect("file list lock");
+            let mut dropped = false;
             let groups: Vec<FileGroup> = config
                 .file_groups
                 .iter()
                 .map(|g| {
+                    let kept: Vec<_> = g
+                        .files()
+                        .iter()
+                        .filter(|f| {
+                            let url = file_url(config, &f.object_meta);
+                            let new = self.is_new(&url);
+                            if new {
+                                read.insert(url, f.object_meta.clone());
+                            } else {
+                                dropped = true;
+                            }
+                            new
+                        })
+                        .cloned()
+                        .collect();
+                    FileGroup::new(kept)
+                })
+                .filter(|g| !g.is_empty())
+                .collect();
+            if !dropped {
+                // Every file is read: DataFusion's exact statistics stay, and
+                // with them its choice of join (a small dimension table is
+                // broadcast rather than both sides repartitioned).
+                return Ok(Transformed::no(node));
+            }
+            // Statistics were computed over all files; with some dropped they
+            // would be wrong, and the optimizer answers COUNT(*) from exact ones.
+            let groups: Vec<FileGroup> = groups
+                .into_iter()
+                .map(|g| {
                     FileGroup::new(
-                        g.files()
-                            .iter()
-                            .filter(|f| self.is_new(&file_url(config, &f.object_meta)))
-                            .map(|f| {
-                                read.insert(file_url(config, &f.object_meta), f.object_meta.clone());
-                                let mut f = f.clone();
+                        g.into_inner()
+                            .into_iter()
+                            .map(|mut f| {
                                 f.statistics = None;
                                 f
                             })
                             .collect(),
                     )
                 })
-                .filter(|g| !g.is_empty())
                 .collect();
-            // Statistics were computed over all files; with some dropped they
-            // would be wrong, and the optimizer answers COUNT(*) from exact ones.
             let table_schema = config.file_source().table_schema().table_schema().clone();
             let rebuilt = FileScanConfigBuilder::from(config.clone())
                 .with_file_groups(groups)
