@@ -195,6 +195,18 @@ fn demo_text(report: &demo::DemoReport) -> String {
     for s in &report.runs {
         out.push_str(&report::run_summary(s));
     }
+    if let Some((version, l)) = &report.lineage {
+        out.push_str(&format!(
+            "\nlineage of user_daily version {version}, from its Delta log: pipeline {}, sql sha256 {}, \
+             {} input files, {} rows, {} columns with statistics, run {}\n",
+            l.pipeline,
+            &l.sql_sha256[..12],
+            l.inputs.len(),
+            l.rows_written,
+            l.columns.len(),
+            l.run_id
+        ));
+    }
     out.push_str(&format!(
         "\nthe pipelines are in {dir}/pipelines, the feature sets in {dir}/features\n\
          look at one:   kiln show {dir}/features/user_daily\n\

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 pub use data::{DemoData, DemoSize, generate};
 
 use crate::error::{KilnError, Result};
+use crate::featureset::{self, Lineage};
 use crate::pipeline::{Pipeline, Variables};
 use crate::run::{RunOptions, RunSummary, run_pipeline};
 
@@ -36,6 +37,9 @@ pub struct DemoReport {
     /// None when the data was already there.
     pub generated: Option<DemoData>,
     pub runs: Vec<RunSummary>,
+    /// The lineage of the newest `user_daily` version, read back from its
+    /// Delta log: what a reader of the table sees.
+    pub lineage: Option<(u64, Lineage)>,
 }
 
 /// Make (or reuse) the data under `dir/raw`, write the pipelines to
@@ -72,10 +76,18 @@ pub async fn run_demo(dir: &Path, size: DemoSize, options: &RunOptions) -> Resul
         let pipeline = Pipeline::load(&path, &vars)?;
         runs.push(run_pipeline(&pipeline, options).await?);
     }
+    let user_daily = dir.join("features").join("user_daily");
+    let table = featureset::open_existing(&user_daily.display().to_string(), None).await?;
+    let lineage = featureset::versions(&table)
+        .await?
+        .into_iter()
+        .rev()
+        .find_map(|v| v.lineage.map(|l| (v.version, l)));
     Ok(DemoReport {
         dir: dir.to_path_buf(),
         generated,
         runs,
+        lineage,
     })
 }
 

@@ -14,12 +14,17 @@ fn demo_commits_feature_sets_and_a_second_run_adds_versions() {
         assert!(first.contains(&format!("committed {fs} version 0")), "{first}");
     }
     assert!(first.contains("kiln show demo/features/user_daily"), "{first}");
+    assert!(
+        first.contains("lineage of user_daily version 0, from its Delta log: pipeline user_daily"),
+        "{first}"
+    );
 
     let second = kiln(d, &["demo", "--dir", "demo", "--events", "30000"])
         .ok()
         .stdout;
     assert!(second.contains("reusing the sample data"), "{second}");
     assert!(second.contains("committed user_daily version 1"), "{second}");
+    assert!(second.contains("lineage of user_daily version 1"), "{second}");
     // item_daily is incremental: the same files are not read twice.
     assert!(
         second.contains("item_daily unchanged: no new input files"),
