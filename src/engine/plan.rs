@@ -282,10 +282,7 @@ async fn plan_insert(
                 featureset::arrow_schema(table).map_err(|e| vec![pipeline.problem(stmt, e.to_string())])?;
             match featureset::fit(&existing, &query_schema, &decl.name) {
                 Ok(Fit::Same(schema)) => (schema, false),
-                Ok(Fit::AddsColumns(schema, added)) if decl.options.allow_new_columns => {
-                    let _ = added;
-                    (schema, true)
-                }
+                Ok(Fit::AddsColumns(schema, _)) if decl.options.allow_new_columns => (schema, true),
                 Ok(Fit::AddsColumns(_, added)) => {
                     for column in added {
                         problems.push(pipeline.problem_at_word(

@@ -246,3 +246,44 @@ fn explain_shows_kilns_rewrites_and_writes_nothing() {
         "explain commits nothing"
     );
 }
+
+#[test]
+fn new_columns_need_allow_new_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_parquet(&d.join("data/events/a.parquet"), &events_batch(0, 70));
+    let pipeline = |select: &str, allow: &str| {
+        format!(
+            "CREATE EXTERNAL TABLE events STORED AS PARQUET LOCATION 'data/events/';\n\
+             CREATE EXTERNAL TABLE fs STORED AS FEATURES LOCATION 'out/fs'\n\
+               OPTIONS ('key' 'user_id', 'allow_new_columns' '{allow}');\n\
+             INSERT INTO fs {select};\n"
+        )
+    };
+    let narrow = "SELECT user_id, count(*) AS n FROM events GROUP BY user_id";
+    let wide = "SELECT user_id, count(*) AS n, max(value) AS top FROM events GROUP BY user_id";
+    write(&d.join("p.sql"), &pipeline(narrow, "false"));
+    kiln(d, &["run", "p.sql"]).ok();
+
+    write(&d.join("p.sql"), &pipeline(wide, "false"));
+    let refused = kiln(d, &["run", "p.sql"]).failed();
+    assert!(
+        refused
+            .stderr
+            .contains("the query adds column 'top' to feature set 'fs'"),
+        "{}",
+        refused.stderr
+    );
+
+    write(&d.join("p.sql"), &pipeline(wide, "true"));
+    let summary = kiln(d, &["run", "p.sql", "--output", "json"]).ok().json();
+    assert_eq!(summary["feature_sets"][0]["version"], 1);
+    let read = read_delta(&d.join("out/fs").display().to_string(), None, Some("top"), &[]);
+    assert_eq!(read["columns"], serde_json::json!(["user_id", "n", "top"]));
+    assert_eq!(read["rows"], 14);
+    // Rows from before the column existed read it as null; the sum is the new rows' maxima.
+    let expected: f64 = (0..7)
+        .map(|u| (0..70).filter(|i| i % 7 == u).max().unwrap() as f64 * 0.5)
+        .sum();
+    assert_eq!(read["sum"].as_f64().unwrap(), expected);
+}
