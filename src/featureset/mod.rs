@@ -65,6 +65,12 @@ pub async fn open_existing(location: &str, version: Option<u64>) -> Result<Delta
             "no feature set at '{location}': it has no Delta log (_delta_log)"
         )));
     };
+    let latest = table.version().unwrap_or_default();
+    if let Some(v) = version.filter(|v| *v > latest) {
+        return Err(KilnError::Usage(format!(
+            "feature set '{location}' has no version {v}: its latest version is {latest}"
+        )));
+    }
     if let Some(v) = version {
         table
             .load_version(v)

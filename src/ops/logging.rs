@@ -18,7 +18,9 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("KILN_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
+        // The Delta kernel logs, as errors, conditions kiln reports itself
+        // with more context (a version that does not exist, say).
+        .unwrap_or_else(|_| EnvFilter::new("warn,buoyant_kernel=off"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

@@ -287,3 +287,44 @@ fn new_columns_need_allow_new_columns() {
         .sum();
     assert_eq!(read["sum"].as_f64().unwrap(), expected);
 }
+
+#[test]
+fn pipelines_chain_through_feature_sets_pinned_or_latest() {
+    let (dir, data, out) = setup();
+    let d = dir.path();
+    let set_data = format!("DATA={data}");
+    let set_out = format!("OUT={out}");
+    // Two versions of per_user: 7 rows, then 14.
+    for _ in 0..2 {
+        kiln(d, &["run", "per_user.sql", "--set", &set_data, "--set", &set_out]).ok();
+    }
+    let chained = |version_option: &str| {
+        format!(
+            "CREATE EXTERNAL TABLE per_user STORED AS FEATURES LOCATION '{out}/per_user'{version_option};\n\
+             CREATE EXTERNAL TABLE summary STORED AS FEATURES LOCATION '{out}/summary'\n\
+               OPTIONS ('key' 'rows', 'mode' 'overwrite');\n\
+             INSERT INTO summary SELECT count(*) AS rows, sum(events) AS events FROM per_user;\n"
+        )
+    };
+    write(&d.join("summary.sql"), &chained(" OPTIONS ('version' '0')"));
+    kiln(d, &["run", "summary.sql"]).ok();
+    let pinned = read_delta(&format!("{out}/summary"), None, Some("events"), &[]);
+    assert_eq!(pinned["sum"], 1000, "version 0 holds each event once");
+
+    write(&d.join("summary.sql"), &chained(""));
+    kiln(d, &["run", "summary.sql"]).ok();
+    let latest = read_delta(&format!("{out}/summary"), None, Some("events"), &[]);
+    assert_eq!(latest["sum"], 2000, "the latest version holds two appends");
+
+    write(&d.join("summary.sql"), &chained(" OPTIONS ('version' '9')"));
+    let missing = kiln(d, &["check", "summary.sql"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stdout.starts_with("summary.sql:1:")
+            && missing
+                .stdout
+                .contains("has no version 9: its latest version is 1"),
+        "{}",
+        missing.stdout
+    );
+}
