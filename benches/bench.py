@@ -35,9 +35,11 @@ NAMES = ["user_daily", "item_daily", "user_trailing_7d"]
 
 DUCKDB_RUNNER = r"""
 import duckdb, sys
-sql, out = sys.argv[1], sys.argv[2]
+sql, out, limit = sys.argv[1], sys.argv[2], sys.argv[3]
 con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
+if limit:
+    con.execute(f"SET memory_limit = '{limit}'")
 con.execute("SET preserve_insertion_order = false")
 con.execute(sql)
 con.execute(f"COPY (SELECT * FROM result) TO '{out}' (FORMAT PARQUET)")
@@ -114,6 +116,12 @@ def main():
     ap.add_argument("--python", default=sys.executable, help="a Python with duckdb installed")
     ap.add_argument("--dir", default=None, help="work folder (default: a temp dir)")
     ap.add_argument(
+        "--memory-limit",
+        default="",
+        help="one memory budget for both engines, e.g. 1GB (KILN_MEMORY_LIMIT and DuckDB's memory_limit); "
+        "default: each engine's own default",
+    )
+    ap.add_argument(
         "--baseline-events",
         type=int,
         nargs="*",
@@ -139,15 +147,20 @@ def main():
             copy = os.path.join(base, f"bench-{name}.sql")
             open(copy, "w").write(text)
             run = [kiln, "run", copy, "--set", f"RAW={raw}", "--set", f"FEATURES={feats}"]
-            k_s, k_mb = child_peak_rss_after(run)
+            kiln_env = dict(os.environ)
+            if args.memory_limit:
+                kiln_env["KILN_MEMORY_LIMIT"] = args.memory_limit.upper().removesuffix("B")
+            k_s, k_mb = child_peak_rss_after(run, env=kiln_env)
             out = os.path.join(base, f"duck-{name}.parquet")
-            d_s, d_mb = child_peak_rss_after([args.python, "-c", DUCKDB_RUNNER, duckdb_sql(text, raw), out])
+            d_s, d_mb = child_peak_rss_after(
+                [args.python, "-c", DUCKDB_RUNNER, duckdb_sql(text, raw), out, args.memory_limit]
+            )
             agree = outputs_agree(os.path.join(feats, name), out)
             rows.append((name, n, k_s, k_mb, d_s, d_mb, agree))
             print(f"{name} @ {n}: kiln {k_s:.2f}s {k_mb:.0f} MiB, duckdb {d_s:.2f}s {d_mb:.0f} MiB, agree: {agree}", file=sys.stderr)
             if n in args.baseline_events:
                 shutil.rmtree(feats, ignore_errors=True)
-                env = dict(os.environ, KILN_REWRITES="none")
+                env = dict(kiln_env, KILN_REWRITES="none")
                 b_s, b_mb = child_peak_rss_after(run, env=env)
                 baseline.append((name, n, k_s, k_mb, b_s, b_mb))
                 print(f"{name} @ {n}: kiln without rewrites {b_s:.2f}s {b_mb:.0f} MiB", file=sys.stderr)
