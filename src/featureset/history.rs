@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use deltalake::DeltaTable;
 use deltalake::kernel::{Action, CommitInfo};
 use deltalake::logstore::get_actions;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::lineage::{LINEAGE_KEY, Lineage};
@@ -59,16 +60,26 @@ pub async fn versions(table: &DeltaTable) -> Result<Vec<VersionInfo>> {
         return Ok(Vec::new());
     };
     let store = table.log_store();
+    // One small GET per commit: on an object store, latency dominates, so
+    // several are in flight at once (results stay in version order).
+    let commits: Vec<(u64, _)> = futures::stream::iter(0..=latest)
+        .map(|v| {
+            let store = store.clone();
+            async move {
+                let bytes = store
+                    .read_commit_entry(v)
+                    .await
+                    .context(|| format!("reading commit {v}"))?;
+                Ok::<_, crate::error::KilnError>((v, bytes))
+            }
+        })
+        .buffered(COMMITS_IN_FLIGHT)
+        .try_collect()
+        .await?;
     let mut out = Vec::new();
-    for v in 0..=latest {
-        let Some(bytes) = store
-            .read_commit_entry(v)
-            .await
-            .context(|| format!("reading commit {v}"))?
-        else {
-            // Cleaned up by a log checkpoint; older history is gone.
-            continue;
-        };
+    for (v, bytes) in commits {
+        // None: cleaned up after a log checkpoint; older history is gone.
+        let Some(bytes) = bytes else { continue };
         let actions = get_actions(v, &bytes).context(|| format!("parsing commit {v}"))?;
         if let Some(info) = actions.iter().find_map(|a| match a {
             Action::CommitInfo(ci) => Some(ci),
@@ -79,6 +90,9 @@ pub async fn versions(table: &DeltaTable) -> Result<Vec<VersionInfo>> {
     }
     Ok(out)
 }
+
+/// Commit files read at once when listing versions.
+const COMMITS_IN_FLIGHT: usize = 16;
 
 /// Files that earlier commits of `pipeline` read: what an incremental
 /// source must skip.
