@@ -14,6 +14,10 @@ repo=$(pwd)
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
+# rustup installs cargo here; a non-login shell may not have it on PATH.
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo >/dev/null || { log "cargo not found: install Rust 1.95 or newer (rustup)"; exit 1; }
+
 # --- system packages -------------------------------------------------------
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
