@@ -144,7 +144,12 @@ impl TableProvider for FileSourceTable {
                             }
                             new
                         })
-                        .cloned()
+                        .map(|f| {
+                            // Per-file statistics go with the table's (below).
+                            let mut f = f.clone();
+                            f.statistics = None;
+                            f
+                        })
                         .collect();
                     FileGroup::new(kept)
                 })
@@ -158,20 +163,6 @@ impl TableProvider for FileSourceTable {
             }
             // Statistics were computed over all files; with some dropped they
             // would be wrong, and the optimizer answers COUNT(*) from exact ones.
-            let groups: Vec<FileGroup> = groups
-                .into_iter()
-                .map(|g| {
-                    FileGroup::new(
-                        g.into_inner()
-                            .into_iter()
-                            .map(|mut f| {
-                                f.statistics = None;
-                                f
-                            })
-                            .collect(),
-                    )
-                })
-                .collect();
             let table_schema = config.file_source().table_schema().table_schema().clone();
             let rebuilt = FileScanConfigBuilder::from(config.clone())
                 .with_file_groups(groups)
