@@ -78,11 +78,10 @@ pub async fn run_demo(dir: &Path, size: DemoSize, options: &RunOptions) -> Resul
     }
     let user_daily = dir.join("features").join("user_daily");
     let table = featureset::open_existing(&user_daily.display().to_string(), None).await?;
-    let lineage = featureset::versions(&table)
+    let latest = table.version().unwrap_or_default();
+    let lineage = featureset::version_info(&table, latest)
         .await?
-        .into_iter()
-        .rev()
-        .find_map(|v| v.lineage.map(|l| (v.version, l)));
+        .and_then(|v| v.lineage.map(|l| (v.version, l)));
     Ok(DemoReport {
         dir: dir.to_path_buf(),
         generated,

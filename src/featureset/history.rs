@@ -59,36 +59,32 @@ pub async fn versions(table: &DeltaTable) -> Result<Vec<VersionInfo>> {
     let Some(latest) = table.version() else {
         return Ok(Vec::new());
     };
-    let store = table.log_store();
     // One small GET per commit: on an object store, latency dominates, so
     // several are in flight at once (results stay in version order).
-    let commits: Vec<(u64, _)> = futures::stream::iter(0..=latest)
-        .map(|v| {
-            let store = store.clone();
-            async move {
-                let bytes = store
-                    .read_commit_entry(v)
-                    .await
-                    .context(|| format!("reading commit {v}"))?;
-                Ok::<_, crate::error::KilnError>((v, bytes))
-            }
-        })
+    let found: Vec<Option<VersionInfo>> = futures::stream::iter(0..=latest)
+        .map(|v| version_info(table, v))
         .buffered(COMMITS_IN_FLIGHT)
         .try_collect()
         .await?;
-    let mut out = Vec::new();
-    for (v, bytes) in commits {
-        // None: cleaned up after a log checkpoint; older history is gone.
-        let Some(bytes) = bytes else { continue };
-        let actions = get_actions(v, &bytes).context(|| format!("parsing commit {v}"))?;
-        if let Some(info) = actions.iter().find_map(|a| match a {
-            Action::CommitInfo(ci) => Some(ci),
-            _ => None,
-        }) {
-            out.push(VersionInfo::from_commit(v, info));
-        }
-    }
-    Ok(out)
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// What the commit of version `v` says about itself; `None` when its commit
+/// file is gone (cleaned up after a log checkpoint) or has no commit info.
+pub async fn version_info(table: &DeltaTable, v: u64) -> Result<Option<VersionInfo>> {
+    let Some(bytes) = table
+        .log_store()
+        .read_commit_entry(v)
+        .await
+        .context(|| format!("reading commit {v}"))?
+    else {
+        return Ok(None);
+    };
+    let actions = get_actions(v, &bytes).context(|| format!("parsing commit {v}"))?;
+    Ok(actions.iter().find_map(|a| match a {
+        Action::CommitInfo(ci) => Some(VersionInfo::from_commit(v, ci)),
+        _ => None,
+    }))
 }
 
 /// Commit files read at once when listing versions.
@@ -123,19 +119,15 @@ pub struct VersionDetail {
 /// Details of the loaded version of `table`.
 pub async fn version_detail(table: &DeltaTable, location: &str) -> Result<VersionDetail> {
     let version = table.version().unwrap_or_default();
-    let info = versions(table)
-        .await?
-        .into_iter()
-        .find(|v| v.version == version)
-        .unwrap_or(VersionInfo {
-            version,
-            timestamp: None,
-            operation: None,
-            rows: None,
-            pipeline: None,
-            run_id: None,
-            lineage: None,
-        });
+    let info = version_info(table, version).await?.unwrap_or(VersionInfo {
+        version,
+        timestamp: None,
+        operation: None,
+        rows: None,
+        pipeline: None,
+        run_id: None,
+        lineage: None,
+    });
     let snapshot = table
         .snapshot()
         .context(|| "reading the table snapshot".to_string())?;

@@ -19,7 +19,7 @@ use url::Url;
 use crate::error::{Context, KilnError, Result};
 use crate::pipeline::SinkMode;
 
-pub use history::{VersionDetail, VersionInfo, files_read_by, version_detail, versions};
+pub use history::{VersionDetail, VersionInfo, files_read_by, version_detail, version_info, versions};
 pub use lineage::{ColumnStats, InputFile, LINEAGE_KEY, Lineage};
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
