@@ -18,7 +18,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use distinct::SplitDistinctAggregates;
 pub use plan::{PlannedInsert, PlannedPipeline, plan_pipeline};
-pub use range_window::DailyRangeWindows;
+pub use range_window::{DailyRangeWindows, KilnQueryPlanner};
 pub use resources::{Resources, parse_bytes};
 
 /// One session per run, sized to the container.
@@ -36,7 +36,8 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
     let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime.build_arc()?)
-        .with_default_features();
+        .with_default_features()
+        .with_query_planner(Arc::new(KilnQueryPlanner));
     // Where DataFusion's defaults lose to peers on feature workloads.
     let rewrites = std::env::var("KILN_REWRITES").unwrap_or_else(|_| "all".to_string());
     if rewrite_enabled(&rewrites, "distinct") {

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::optimizer::OptimizerRule;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::KilnQueryPlanner;
 
 /// A session holding `batch` as table `name`, with `rule` added if given.
 pub fn session_with(
@@ -16,7 +19,13 @@ pub fn session_with(
     batch: RecordBatch,
     rule: Option<Arc<dyn OptimizerRule + Send + Sync>>,
 ) -> SessionContext {
-    let ctx = SessionContext::new();
+    // Small batches, so that operators meet batch boundaries in tests.
+    let state = SessionStateBuilder::new()
+        .with_config(SessionConfig::new().with_batch_size(8))
+        .with_default_features()
+        .with_query_planner(Arc::new(KilnQueryPlanner))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     if let Some(rule) = rule {
         ctx.add_optimizer_rule(rule);
     }
