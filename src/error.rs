@@ -16,6 +16,9 @@ pub enum KilnError {
     /// Reading or writing local files.
     #[error("{0}")]
     Io(String),
+    /// Talking to Kafka brokers.
+    #[error("{0}")]
+    Kafka(String),
     /// A run that failed while executing, with where in the pipeline.
     #[error("{0}")]
     Run(String),

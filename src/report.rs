@@ -23,6 +23,23 @@ pub fn run_summary(s: &RunSummary) -> String {
             (None, None) => writeln!(out, "{}: {} unchanged", s.pipeline, o.feature_set),
         }
         .expect("writing to a String");
+        if o.dead_letters > 0 {
+            writeln!(
+                out,
+                "{}: {} bad records written to {}/_dead_letters",
+                s.pipeline, o.dead_letters, o.location
+            )
+            .expect("writing to a String");
+        }
+    }
+    if let Some(k) = &s.kafka {
+        let partitions = k.ranges.iter().filter(|r| r.to > r.from).count();
+        writeln!(
+            out,
+            "{}: {} Kafka records from {} partitions, {} bad",
+            s.pipeline, k.records, partitions, k.bad_records
+        )
+        .expect("writing to a String");
     }
     writeln!(
         out,

@@ -18,6 +18,9 @@ pub struct Lineage {
     pub mode: String,
     /// Every input file the run read.
     pub inputs: Vec<InputFile>,
+    /// Every Kafka offset range the run read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kafka: Vec<KafkaInput>,
     pub rows_written: u64,
     pub columns: Vec<ColumnStats>,
 }
@@ -31,6 +34,20 @@ pub struct InputFile {
     pub size: u64,
     /// RFC 3339.
     pub last_modified: String,
+}
+
+/// Offsets `from..to` (the next offset to read) of one topic-partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaInput {
+    /// The source table it was read for.
+    pub source: String,
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+    /// Records read, and of those the ones sent to the dead letters.
+    pub records: u64,
+    pub bad_records: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

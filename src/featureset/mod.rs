@@ -1,6 +1,7 @@
 //! Feature sets: Delta tables written by kiln, one commit per run, each
 //! carrying the run's [`Lineage`].
 
+mod dead_letters;
 mod history;
 mod lineage;
 mod schema;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
@@ -19,8 +21,9 @@ use url::Url;
 use crate::error::{Context, KilnError, Result};
 use crate::pipeline::SinkMode;
 
+pub use dead_letters::{DeadLetter, dead_letter_batch, dead_letter_location, dead_letter_schema};
 pub use history::{VersionDetail, VersionInfo, files_read_by, version_detail, version_info, versions};
-pub use lineage::{ColumnStats, InputFile, LINEAGE_KEY, Lineage};
+pub use lineage::{ColumnStats, InputFile, KafkaInput, LINEAGE_KEY, Lineage};
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
 
@@ -99,6 +102,8 @@ pub struct StagedWrite {
     /// Whether the feature set existed when the run was planned.
     pub exists: bool,
     pub lineage: Lineage,
+    /// Application transactions (Kafka positions) committed with the data.
+    pub transactions: Vec<Transaction>,
 }
 
 impl StagedWrite {
@@ -141,7 +146,9 @@ pub async fn commit(staged: StagedWrite) -> Result<u64> {
             SinkMode::Overwrite => SaveMode::Overwrite,
         })
         .with_commit_properties(
-            CommitProperties::default().with_metadata([(LINEAGE_KEY.to_string(), lineage)]),
+            CommitProperties::default()
+                .with_metadata([(LINEAGE_KEY.to_string(), lineage)])
+                .with_application_transactions(staged.transactions),
         );
     if staged.add_columns {
         write = write.with_schema_mode(SchemaMode::Merge);

@@ -11,8 +11,10 @@ use std::path::Path;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 use sha2::{Digest, Sha256};
 
-pub use options::{FeatureSetOptions, SinkMode, SourceOptions};
-pub use parse::{FeatureSetDecl, InsertDecl, SourceDecl, StatementKind};
+pub use options::{
+    BadRecordLimit, FeatureSetOptions, KafkaFormat, KafkaOptions, SinkMode, SourceOptions, StartAt,
+};
+pub use parse::{FeatureSetDecl, InsertDecl, KafkaSourceDecl, SourceDecl, StatementKind};
 pub use problem::{Position, Problem};
 pub use vars::{SourceMap, Variables, parse_assignment};
 
@@ -122,6 +124,23 @@ impl Pipeline {
             StatementKind::Source(d) => Some((s, d)),
             _ => None,
         })
+    }
+
+    pub fn kafka_sources(&self) -> impl Iterator<Item = (&Statement, &KafkaSourceDecl)> {
+        self.statements.iter().filter_map(|s| match &s.kind {
+            StatementKind::Kafka(d) => Some((s, d)),
+            _ => None,
+        })
+    }
+
+    /// The same pipeline with only the INSERTs into `targets`: for runs that
+    /// bring some feature sets level with the others.
+    pub fn only_inserts_into(&self, targets: &[String]) -> Pipeline {
+        let mut pipeline = self.clone();
+        pipeline
+            .statements
+            .retain(|s| !matches!(&s.kind, StatementKind::Insert(i) if !targets.contains(&i.target)));
+        pipeline
     }
 
     pub fn feature_sets(&self) -> impl Iterator<Item = (&Statement, &FeatureSetDecl)> {

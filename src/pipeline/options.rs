@@ -155,6 +155,147 @@ impl SourceOptions {
     }
 }
 
+/// How a Kafka source's record values are written (its STORED AS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaFormat {
+    /// One JSON object per record.
+    Json,
+    /// One CSV line per record, no header.
+    Csv,
+    /// The value as it is, in a `value` BINARY column.
+    Bytes,
+}
+
+impl KafkaFormat {
+    pub const NAMES: &[&str] = &["JSON", "CSV", "BYTES"];
+
+    pub fn parse(stored_as: &str) -> Option<Self> {
+        match stored_as.to_uppercase().as_str() {
+            "JSON" => Some(Self::Json),
+            "CSV" => Some(Self::Csv),
+            "BYTES" => Some(Self::Bytes),
+            _ => None,
+        }
+    }
+}
+
+/// Where a feature set that has never consumed a topic starts reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// How many undecodable records a run tolerates before it fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BadRecordLimit {
+    Count(u64),
+    /// Of the records the run read.
+    Fraction(f64),
+}
+
+impl BadRecordLimit {
+    pub fn exceeded(&self, bad: u64, read: u64) -> bool {
+        match *self {
+            Self::Count(n) => bad > n,
+            Self::Fraction(f) => read > 0 && bad as f64 > f * read as f64,
+        }
+    }
+}
+
+impl std::fmt::Display for BadRecordLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Count(n) => write!(f, "{n}"),
+            Self::Fraction(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// The OPTIONS of a Kafka source: kiln's own, and every other one passed to
+/// librdkafka as a client property.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaOptions {
+    pub start: StartAt,
+    /// None: every bad record goes to the dead letters and the run goes on.
+    pub max_bad_records: Option<BadRecordLimit>,
+    /// Values longer than this are bad records, not rows.
+    pub max_record_bytes: usize,
+    /// Send bad records to this topic instead of the `_dead_letters` table.
+    pub dead_letter_topic: Option<String>,
+    /// librdkafka properties (`bootstrap.servers`, `security.protocol`, ...).
+    pub client: Vec<(String, String)>,
+}
+
+/// Default `max.record.bytes`: Kafka's own default largest message.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+impl KafkaOptions {
+    pub fn parse(options: &[(String, Value)]) -> Result<Self, OptionError> {
+        let mut parsed = KafkaOptions {
+            start: StartAt::default(),
+            max_bad_records: None,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            dead_letter_topic: None,
+            client: Vec::new(),
+        };
+        for (key, value) in options {
+            let text = value_text(value)
+                .ok_or_else(|| (key.clone(), format!("option '{key}' needs a quoted value")))?;
+            let bad = |what: &str| {
+                (
+                    key.clone(),
+                    format!("option '{key}' must be {what}, got '{text}'"),
+                )
+            };
+            match key.to_ascii_lowercase().as_str() {
+                "start" => {
+                    parsed.start = match text.to_ascii_lowercase().as_str() {
+                        "earliest" => StartAt::Earliest,
+                        "latest" => StartAt::Latest,
+                        _ => return Err(bad("'earliest' or 'latest'")),
+                    }
+                }
+                "max.bad.records" => {
+                    let limit = if let Ok(n) = text.parse::<u64>() {
+                        BadRecordLimit::Count(n)
+                    } else {
+                        match text.parse::<f64>() {
+                            Ok(f) if (0.0..1.0).contains(&f) => BadRecordLimit::Fraction(f),
+                            _ => return Err(bad("a count like 100 or a fraction like 0.01")),
+                        }
+                    };
+                    parsed.max_bad_records = Some(limit);
+                }
+                "max.record.bytes" => {
+                    parsed.max_record_bytes = text
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad("a positive number of bytes"))?;
+                }
+                "dead_letter.topic" => {
+                    if text.trim().is_empty() {
+                        return Err(bad("a topic name"));
+                    }
+                    parsed.dead_letter_topic = Some(text);
+                }
+                "incremental" => {
+                    return Err((
+                        key.clone(),
+                        "option 'incremental' is for file sources; a Kafka source always reads on from \
+                         where its feature sets stopped"
+                            .into(),
+                    ));
+                }
+                _ => parsed.client.push((key.clone(), text)),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use super::Statement;
-use super::options::{FeatureSetOptions, SourceOptions};
+use super::options::{FeatureSetOptions, KafkaFormat, KafkaOptions, SourceOptions};
 use super::problem::Problem;
 use super::vars::SourceMap;
 
@@ -25,6 +25,8 @@ pub const URL_SCHEMES: &[&str] = &["file", "s3", "gs"];
 pub enum StatementKind {
     /// `CREATE EXTERNAL TABLE ... STORED AS PARQUET|CSV|JSON|ARROW`.
     Source(SourceDecl),
+    /// `CREATE EXTERNAL TABLE ... STORED AS JSON|CSV|BYTES LOCATION 'kafka://...'`.
+    Kafka(KafkaSourceDecl),
     /// `CREATE EXTERNAL TABLE ... STORED AS FEATURES`.
     FeatureSet(FeatureSetDecl),
     /// `CREATE VIEW`: a named intermediate query, planned by DataFusion.
@@ -40,6 +42,18 @@ pub struct SourceDecl {
     /// The declaration with kiln's own options removed, for DataFusion.
     pub create: CreateExternalTable,
     pub options: SourceOptions,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSourceDecl {
+    pub name: String,
+    pub location: String,
+    pub topics: Vec<String>,
+    pub format: KafkaFormat,
+    /// The declaration without its options: DataFusion plans it for the
+    /// declared schema.
+    pub create: CreateExternalTable,
+    pub options: KafkaOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -247,11 +261,29 @@ fn classify_external_table(mut create: CreateExternalTable) -> Result<StatementK
             options,
         }));
     }
-    if location.starts_with("kafka://") {
-        return Err((
-            Anchor::Location(location),
-            "Kafka sources are not available in this version of kiln".into(),
-        ));
+    if let Some(topics) = location.strip_prefix("kafka://") {
+        let topics = kafka_topics(topics).map_err(|m| (Anchor::Location(location.clone()), m))?;
+        let format = KafkaFormat::parse(&create.file_type).ok_or_else(|| {
+            (
+                Anchor::Word(create.file_type.clone()),
+                format!(
+                    "unsupported format '{}' for a Kafka source: STORED AS {}",
+                    create.file_type,
+                    KafkaFormat::NAMES.join(", ")
+                ),
+            )
+        })?;
+        let options =
+            KafkaOptions::parse(&create.options).map_err(|(key, msg)| (Anchor::Option(key), msg))?;
+        create.options.clear();
+        return Ok(StatementKind::Kafka(KafkaSourceDecl {
+            name,
+            location,
+            topics,
+            format,
+            create,
+            options,
+        }));
     }
     if !SOURCE_FORMATS.contains(&format.as_str()) {
         return Err((
@@ -272,6 +304,25 @@ fn classify_external_table(mut create: CreateExternalTable) -> Result<StatementK
         create,
         options,
     }))
+}
+
+/// The topics of `kafka://a,b`.
+fn kafka_topics(list: &str) -> Result<Vec<String>, String> {
+    let topics: Vec<String> = list.split(',').map(|t| t.trim().to_string()).collect();
+    for topic in &topics {
+        let legal = !topic.is_empty()
+            && topic.len() <= 249
+            && topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !legal {
+            return Err(format!(
+                "'{topic}' is not a Kafka topic name (letters, digits, '.', '_' and '-'; \
+                 several topics are separated by commas: kafka://a,b)"
+            ));
+        }
+    }
+    Ok(topics)
 }
 
 /// Refuse URL schemes kiln cannot read or write before anything runs.
@@ -298,6 +349,7 @@ fn check_references(file: &str, statements: &[Statement], map: &SourceMap, probl
     for stmt in statements {
         let name = match &stmt.kind {
             StatementKind::Source(d) => &d.name,
+            StatementKind::Kafka(d) => &d.name,
             StatementKind::FeatureSet(d) => &d.name,
             _ => continue,
         };

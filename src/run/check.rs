@@ -57,10 +57,14 @@ pub async fn check_paths(paths: &[PathBuf], vars: &Variables, resources: &Resour
                         context: "creating the query session".into(),
                         source,
                     })?;
-                    engine::plan_pipeline(&ctx, &pipeline)
-                        .await
-                        .err()
-                        .unwrap_or_default()
+                    let mut problems = super::kafka::register_unread(&ctx, &pipeline).await;
+                    problems.extend(
+                        engine::plan_pipeline(&ctx, &pipeline)
+                            .await
+                            .err()
+                            .unwrap_or_default(),
+                    );
+                    problems
                 }
             };
             files.push(FileCheck {

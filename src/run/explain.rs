@@ -23,6 +23,11 @@ pub async fn explain_pipeline(
     resources: &Resources,
 ) -> Result<Vec<InsertPlan>> {
     let ctx = engine::session(resources).context(|| "creating the query session".to_string())?;
+    // Kafka sources are planned, not read: `--analyze` runs them empty.
+    let problems = super::kafka::register_unread(&ctx, pipeline).await;
+    if !problems.is_empty() {
+        return Err(KilnError::Problems(problems));
+    }
     let planned = engine::plan_pipeline(&ctx, pipeline)
         .await
         .map_err(KilnError::Problems)?;

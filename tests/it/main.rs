@@ -7,5 +7,6 @@ mod common;
 mod check_errors;
 mod demo;
 mod incremental;
+mod kafka;
 mod run_local;
 mod s3;

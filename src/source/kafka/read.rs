@@ -1,0 +1,282 @@
+//! Bounded reads: fixed offset ranges of topic-partitions, fetched by a
+//! consumer that is assigned them directly (no group join), decoded chunk
+//! by chunk as they arrive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use rdkafka::ClientConfig;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+
+use super::decode::{BadRecord, RawRecord, RecordDecoder};
+use super::positions::{PartitionRange, TopicPartition};
+use crate::error::{KilnError, Result};
+
+/// Records decoded together; large enough that per-chunk costs vanish.
+const CHUNK_RECORDS: usize = 8192;
+/// How long a read may go without any record or end-of-partition event.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Metadata and watermark requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a run read from one topic-partition.
+#[derive(Debug)]
+pub struct PartitionRead {
+    /// `to` is where reading really stopped: below the planned end when the
+    /// tail is not readable yet (an open transaction).
+    pub range: PartitionRange,
+    pub batches: Vec<RecordBatch>,
+    pub bad: Vec<BadRecord>,
+    /// Records fetched, good and bad.
+    pub records: u64,
+}
+
+/// The partitions of `topics` with their low and high watermarks now.
+pub async fn watermarks(
+    client: &ClientConfig,
+    topics: &[String],
+) -> Result<BTreeMap<TopicPartition, (i64, i64)>> {
+    let client = client.clone();
+    let topics = topics.to_vec();
+    blocking(move || {
+        let consumer: BaseConsumer = client.create().map_err(kafka_error("creating a Kafka client"))?;
+        let mut marks = BTreeMap::new();
+        for topic in &topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+                .map_err(kafka_error(&format!("reading the metadata of topic '{topic}'")))?;
+            let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                return Err(KilnError::Kafka(format!("topic '{topic}' does not exist")));
+            };
+            if let Some(e) = found.error() {
+                return Err(KilnError::Kafka(format!("topic '{topic}': {e:?}")));
+            }
+            if found.partitions().is_empty() {
+                return Err(KilnError::Kafka(format!(
+                    "topic '{topic}' does not exist (no partitions)"
+                )));
+            }
+            for p in found.partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p.id(), REQUEST_TIMEOUT)
+                    .map_err(kafka_error(&format!("reading the offsets of {topic}/{}", p.id())))?;
+                marks.insert(
+                    TopicPartition {
+                        topic: topic.clone(),
+                        partition: p.id(),
+                    },
+                    (low, high),
+                );
+            }
+        }
+        Ok(marks)
+    })
+    .await
+}
+
+/// Read every range (empty ones are returned as they are), one consumer
+/// per topic, topics in parallel.
+pub async fn read_ranges(
+    client: &ClientConfig,
+    decoder: &RecordDecoder,
+    ranges: Vec<PartitionRange>,
+) -> Result<Vec<PartitionRead>> {
+    let mut by_topic: BTreeMap<String, Vec<PartitionRange>> = BTreeMap::new();
+    for range in ranges {
+        by_topic.entry(range.topic.clone()).or_default().push(range);
+    }
+    let reads = by_topic.into_values().map(|ranges| {
+        let client = client.clone();
+        let decoder = decoder.clone();
+        blocking(move || read_topic(&client, &decoder, ranges))
+    });
+    let mut out = Vec::new();
+    for read in futures::future::try_join_all(reads).await? {
+        out.extend(read);
+    }
+    Ok(out)
+}
+
+/// One partition's read in progress.
+struct Progress {
+    read: PartitionRead,
+    /// The planned end: offsets from here on belong to a later run.
+    end: i64,
+    chunk: Vec<RawRecord>,
+    done: bool,
+}
+
+impl Progress {
+    fn decode(&mut self, decoder: &RecordDecoder) {
+        if self.chunk.is_empty() {
+            return;
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        let (batch, bad) = decoder.decode(&self.read.range.topic, self.read.range.partition, chunk);
+        self.read.batches.extend(batch);
+        self.read.bad.extend(bad);
+    }
+}
+
+fn read_topic(
+    client: &ClientConfig,
+    decoder: &RecordDecoder,
+    ranges: Vec<PartitionRange>,
+) -> Result<Vec<PartitionRead>> {
+    let topic = ranges.first().map(|r| r.topic.clone()).unwrap_or_default();
+    let mut assignment = TopicPartitionList::new();
+    let mut progress: HashMap<i32, Progress> = HashMap::new();
+    for range in ranges {
+        if !range.is_empty() {
+            assignment
+                .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.from))
+                .map_err(kafka_error("assigning partitions"))?;
+        }
+        progress.insert(
+            range.partition,
+            Progress {
+                end: range.to,
+                done: range.is_empty(),
+                // `to` advances as records arrive.
+                read: PartitionRead {
+                    range: PartitionRange {
+                        to: range.from,
+                        ..range
+                    },
+                    batches: Vec::new(),
+                    bad: Vec::new(),
+                    records: 0,
+                },
+                chunk: Vec::new(),
+            },
+        );
+    }
+    if assignment.count() > 0 {
+        let consumer: BaseConsumer = client
+            .create()
+            .map_err(kafka_error("creating a Kafka consumer"))?;
+        consumer
+            .assign(&assignment)
+            .map_err(kafka_error(&format!("assigning the partitions of '{topic}'")))?;
+        fetch(&consumer, &topic, decoder, &mut progress)?;
+    }
+    let mut reads: Vec<PartitionRead> = progress
+        .into_values()
+        .map(|mut p| {
+            p.decode(decoder);
+            p.read
+        })
+        .collect();
+    reads.sort_by_key(|r| r.range.partition);
+    Ok(reads)
+}
+
+fn fetch(
+    consumer: &BaseConsumer,
+    topic: &str,
+    decoder: &RecordDecoder,
+    progress: &mut HashMap<i32, Progress>,
+) -> Result<()> {
+    let mut last_event = Instant::now();
+    let mut last_error: Option<String> = None;
+    while progress.values().any(|p| !p.done) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => {
+                last_event = Instant::now();
+                let Some(p) = progress.get_mut(&message.partition()) else {
+                    continue;
+                };
+                let offset = message.offset();
+                if p.done || offset >= p.end || offset < p.read.range.to {
+                    continue;
+                }
+                p.chunk.push(RawRecord {
+                    offset,
+                    timestamp_ms: message.timestamp().to_millis(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec),
+                });
+                p.read.records += 1;
+                p.read.range.to = offset + 1;
+                if p.read.range.to >= p.end {
+                    finish(consumer, topic, p);
+                }
+                if p.chunk.len() >= CHUNK_RECORDS {
+                    p.decode(decoder);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                last_event = Instant::now();
+                // The end of what is readable now: past the planned end, or
+                // short of it where an open transaction holds the tail back.
+                if let Some(p) = progress.get_mut(&partition).filter(|p| !p.done) {
+                    if let Some(next) = position(consumer, topic, partition) {
+                        p.read.range.to = p.read.range.to.max(next.min(p.end));
+                    }
+                    finish(consumer, topic, p);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(topic, error = %e, "Kafka fetch error; retrying");
+                last_error = Some(e.to_string());
+            }
+        }
+        if last_event.elapsed() > STALL_TIMEOUT {
+            let stuck: Vec<String> = progress
+                .values()
+                .filter(|p| !p.done)
+                .map(|p| {
+                    format!(
+                        "{}/{} at offset {} of {}",
+                        topic, p.read.range.partition, p.read.range.to, p.end
+                    )
+                })
+                .collect();
+            return Err(KilnError::Kafka(format!(
+                "reading Kafka stalled for {}s: {}{}",
+                STALL_TIMEOUT.as_secs(),
+                stuck.join(", "),
+                last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn finish(consumer: &BaseConsumer, topic: &str, p: &mut Progress) {
+    p.done = true;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, p.read.range.partition);
+    // Stop fetching what belongs to a later run.
+    if let Err(e) = consumer.pause(&tpl) {
+        tracing::debug!(topic, error = %e, "pausing a finished partition");
+    }
+}
+
+/// The consumer's next fetch offset for a partition.
+fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let positions = consumer.position().ok()?;
+    match positions.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// Run blocking client work off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| KilnError::Io(format!("Kafka client thread failed: {e}")))?
+}
+
+fn kafka_error(doing: &str) -> impl Fn(KafkaError) -> KilnError + '_ {
+    move |e| KilnError::Kafka(format!("{doing}: {e}"))
+}
