@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln::demo::{self, DemoSize};
-use kiln::engine::Resources;
+use kiln::engine::{Resources, parse_bytes};
 use kiln::featureset;
 use kiln::ops::logging::{self, LogFormat};
 use kiln::pipeline::{Pipeline, Variables, parse_assignment};
-use kiln::run::{self, RunOptions};
+use kiln::run::{self, RunOptions, StreamOptions};
 use kiln::{KilnError, report};
 
 #[derive(Parser)]
@@ -57,6 +57,36 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Run a pipeline with a Kafka source for ever: micro-batches, each one commit per feature set.
+    ///
+    /// Workers running the same pipeline share its consumer group. SIGTERM or
+    /// SIGINT stops fetching, commits (or, past --shutdown-timeout, abandons)
+    /// the batch in flight and exits 0.
+    Stream {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Set a ${NAME} variable (repeatable); wins over the environment.
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_assignment)]
+        set: Vec<(String, String)>,
+        /// Close a batch at this many records.
+        #[arg(long, default_value_t = 100_000)]
+        batch_rows: usize,
+        /// Close a batch at this many bytes of keys and values (e.g. 64M).
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        batch_bytes: usize,
+        /// Close a batch this long after its first record arrived (e.g. 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = run::parse_duration)]
+        batch_interval: std::time::Duration,
+        /// On SIGTERM, how long the batch in flight may take to commit before it is abandoned.
+        #[arg(long, default_value = "30s", value_parser = run::parse_duration)]
+        shutdown_timeout: std::time::Duration,
+        /// Recorded in the lineage of every batch.
+        #[arg(long, default_value = "stream")]
+        trigger: String,
+        /// `text`: a line per committed batch; `json`: a JSON object per line.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Parse and plan pipelines without reading data or writing anything.
     Check {
         /// Pipeline files or folders of them.
@@ -95,6 +125,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    parse_bytes(text)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("'{text}' is not a size: write it like 65536, 64M or 1G"))
 }
 
 fn variables(set: Vec<(String, String)>) -> Variables {
@@ -150,6 +186,35 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             };
             let summary = run::run_pipeline(&pipeline, &options).await?;
             emit(output, &summary, report::run_summary);
+        }
+        Command::Stream {
+            file,
+            set,
+            batch_rows,
+            batch_bytes,
+            batch_interval,
+            shutdown_timeout,
+            trigger,
+            output,
+        } => {
+            let pipeline = Pipeline::load(&file, &variables(set))?;
+            let options = StreamOptions {
+                batch_rows,
+                batch_bytes,
+                batch_interval,
+                shutdown_timeout,
+                run: RunOptions {
+                    trigger,
+                    progress: false,
+                    resources,
+                },
+            };
+            let on_batch = |s: &run::RunSummary| match output {
+                Output::Json => println!("{}", serde_json::to_string(s).expect("results serialize")),
+                Output::Text => print!("{}", report::batch_line(s)),
+            };
+            let summary = run::stream_pipeline(&pipeline, &options, &on_batch).await?;
+            emit(output, &summary, report::stream_summary);
         }
         Command::Check { paths, set, output } => {
             let result = run::check_paths(&paths, &variables(set), &resources).await?;

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::featureset::{VersionDetail, VersionInfo};
-use crate::run::{CheckReport, InsertPlan, RunSummary};
+use crate::run::{CheckReport, InsertPlan, RunSummary, StreamSummary};
 
 pub fn run_summary(s: &RunSummary) -> String {
     let mut out = String::new();
@@ -51,6 +51,41 @@ pub fn run_summary(s: &RunSummary) -> String {
     )
     .expect("writing to a String");
     out
+}
+
+/// One line per committed micro-batch of `kiln stream`.
+pub fn batch_line(s: &RunSummary) -> String {
+    let (records, bad) = s.kafka.as_ref().map_or((0, 0), |k| (k.records, k.bad_records));
+    let versions: Vec<String> = s
+        .feature_sets
+        .iter()
+        .map(|o| match o.version {
+            Some(v) => format!("{} v{v} (+{} rows)", o.feature_set, o.rows),
+            None => format!("{} unchanged", o.feature_set),
+        })
+        .collect();
+    format!(
+        "{}: batch of {records} records ({bad} bad) -> {} in {:.2}s\n",
+        s.pipeline,
+        versions.join(", "),
+        s.elapsed_ms as f64 / 1000.0
+    )
+}
+
+pub fn stream_summary(s: &StreamSummary) -> String {
+    format!(
+        "{}: stopped after {} batches, {} records ({} bad), {} batches read again{}\n",
+        s.pipeline,
+        s.batches,
+        s.records,
+        s.bad_records,
+        s.retried_batches,
+        if s.abandoned_at_shutdown {
+            "; the batch in flight at shutdown was abandoned"
+        } else {
+            ""
+        }
+    )
 }
 
 pub fn check_report(r: &CheckReport) -> String {

@@ -104,6 +104,10 @@ pub struct StagedWrite {
     pub lineage: Lineage,
     /// Application transactions (Kafka positions) committed with the data.
     pub transactions: Vec<Transaction>,
+    /// The version the positions in `transactions` were read at: the commit
+    /// is checked against every commit since, so two writers of one
+    /// position cannot both succeed. None: the latest.
+    pub read_version: Option<u64>,
 }
 
 impl StagedWrite {
@@ -125,7 +129,14 @@ pub async fn commit(staged: StagedWrite) -> Result<u64> {
     let context = || format!("opening feature set '{}' at '{}'", staged.name, staged.location);
     // A new feature set is created by its first write; loading it first
     // would only fail (and log) for the missing log.
-    let table = if staged.exists {
+    let table = if let Some(version) = staged.read_version {
+        DeltaTableBuilder::from_url(url)
+            .context(context)?
+            .with_version(version as _)
+            .load()
+            .await
+            .context(context)?
+    } else if staged.exists {
         DeltaTable::try_from_url(url).await.context(context)?
     } else {
         DeltaTableBuilder::from_url(url)
@@ -165,6 +176,22 @@ pub async fn commit(staged: StagedWrite) -> Result<u64> {
             staged.name
         ))
     })
+}
+
+/// True when a commit failed because another writer committed the same
+/// Kafka positions first (a partition moved to another worker mid-batch).
+pub fn lost_position_race(e: &KilnError) -> bool {
+    use deltalake::DeltaTableError;
+    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+    matches!(
+        e,
+        KilnError::Delta {
+            source: DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction)
+            },
+            ..
+        }
+    )
 }
 
 /// Register a feature set as a read-only table (pinned to `version`, or the

@@ -78,6 +78,8 @@ pub struct Scope {
     /// Some target has never recorded a position: commit even if empty, so
     /// that a `'start' 'latest'` position is kept.
     pub first_positions: bool,
+    /// Per feature set, the version its positions were read at.
+    pub read_versions: BTreeMap<String, u64>,
 }
 
 impl Scope {
@@ -93,6 +95,10 @@ pub async fn scope(
     sources: &[KafkaSource],
     targets: &[(String, Option<DeltaTable>)],
 ) -> Result<Scope> {
+    let read_versions = targets
+        .iter()
+        .filter_map(|(name, table)| Some((name.clone(), table.as_ref()?.version()?)))
+        .collect();
     // Where every target stands, per source and topic-partition.
     let mut standing: Vec<(String, BTreeMap<String, Positions>)> = Vec::new();
     let mut marks_by_source = BTreeMap::new();
@@ -168,6 +174,7 @@ pub async fn scope(
             ranges,
             catch_up: false,
             first_positions,
+            read_versions,
         });
     }
     let behind = |a: &BTreeMap<String, Positions>, b: &BTreeMap<String, Positions>| {
@@ -201,6 +208,7 @@ pub async fn scope(
         ranges: ranges_to(&at, &level),
         catch_up: true,
         first_positions,
+        read_versions,
     })
 }
 

@@ -9,6 +9,7 @@ mod check;
 mod explain;
 pub(crate) mod kafka;
 mod progress;
+mod stream;
 
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ use crate::pipeline::{Pipeline, SinkMode};
 pub use check::{CheckReport, check_paths};
 pub use explain::{InsertPlan, explain_pipeline};
 use progress::Progress;
+pub use stream::{StreamOptions, StreamSummary, parse_duration, stream_pipeline};
 
 /// How a run was started and how it reports.
 #[derive(Debug, Clone)]
@@ -129,7 +131,8 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
         let reads = kafka::read_and_register(&ctx, &kafka_sources, &scope).await?;
         let catch_up = scope.catch_up;
         let pass = KafkaPass { scope, reads };
-        let done = run_pass(&ctx, &pass_pipeline, options, &run_id, started, Some(pass)).await?;
+        let done = run_pass(&ctx, &pass_pipeline, options, &run_id, started, Some(&pass)).await?;
+        kafka::report_to_groups(&pass.reads).await;
         summary = Some(match summary {
             None => done,
             Some(mut earlier) => {
@@ -153,6 +156,19 @@ struct KafkaPass {
     reads: Vec<kafka::SourceReads>,
 }
 
+/// Plan, execute and commit one micro-batch of `kiln stream`.
+async fn run_batch(
+    ctx: &datafusion::prelude::SessionContext,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    scope: kafka::Scope,
+    reads: Vec<kafka::SourceReads>,
+) -> Result<RunSummary> {
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let pass = KafkaPass { scope, reads };
+    run_pass(ctx, pipeline, options, &run_id, Instant::now(), Some(&pass)).await
+}
+
 /// Plan, execute every INSERT, then commit: one pass of a run.
 async fn run_pass(
     ctx: &datafusion::prelude::SessionContext,
@@ -160,7 +176,7 @@ async fn run_pass(
     options: &RunOptions,
     run_id: &str,
     started: Instant,
-    kafka: Option<KafkaPass>,
+    kafka: Option<&KafkaPass>,
 ) -> Result<RunSummary> {
     let planned = engine::plan_pipeline(ctx, pipeline)
         .await
@@ -182,7 +198,7 @@ async fn run_pass(
     };
     let files_idle = planned.nothing_new();
     let has_incremental = planned.sources.iter().any(|s| s.incremental);
-    let nothing_new = match &kafka {
+    let nothing_new = match kafka {
         None => files_idle,
         Some(k) => {
             let kafka_idle = k.scope.nothing_to_read() && !k.scope.first_positions;
@@ -237,14 +253,15 @@ async fn run_pass(
                 exists: insert.base_version.is_some(),
                 lineage,
                 transactions: kafka
-                    .as_ref()
                     .map(|k| kafka::transactions(&pipeline.name, &k.reads))
                     .unwrap_or_default(),
+                read_version: kafka
+                    .and_then(|k| k.scope.read_versions.get(&insert.feature_set.name).copied()),
             },
         ));
     }
     progress.finish();
-    if let Some(k) = &kafka {
+    if let Some(k) = kafka {
         kafka::check_bad_record_limits(&k.reads)?;
         kafka::send_to_dead_letter_topics(&pipeline.name, run_id, &k.reads).await?;
     }
@@ -256,7 +273,7 @@ async fn run_pass(
             outcomes.push(skipped(insert, "the query returned no rows"));
             continue;
         }
-        let dead_letters = match &kafka {
+        let dead_letters = match kafka {
             Some(k) => commit_dead_letters(pipeline, run_id, &write, &k.reads).await?,
             None => 0,
         };
@@ -271,9 +288,6 @@ async fn run_pass(
             skipped: None,
             dead_letters,
         });
-    }
-    if let Some(k) = &kafka {
-        kafka::report_to_groups(&k.reads).await;
     }
     Ok(summary(outcomes, input_files))
 }
@@ -318,6 +332,7 @@ async fn commit_dead_letters(
             ..write.lineage.clone()
         },
         transactions: kafka::transactions(&pipeline.name, reads),
+        read_version: None,
     };
     featureset::commit(dead).await?;
     Ok(count)

@@ -10,3 +10,4 @@ mod incremental;
 mod kafka;
 mod run_local;
 mod s3;
+mod stream;

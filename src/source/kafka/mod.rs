@@ -7,6 +7,7 @@
 //! in-memory table with one partition per topic-partition.
 
 pub mod decode;
+pub mod group;
 pub mod positions;
 pub mod read;
 

@@ -1,0 +1,390 @@
+//! A consumer-group member for `kiln stream`: partitions spread over the
+//! workers of one pipeline and move between them on rebalance.
+//!
+//! The group decides who reads a partition; the feature sets decide from
+//! where. On every assignment the member asks its owner for the positions
+//! recorded in the feature sets and starts there, never at the group's own
+//! committed offset. A thread polls the consumer and appends records to a
+//! buffer that the stream loop takes batches from; revoked partitions leave
+//! the buffer at once, and a counter tells the loop that a batch it is
+//! working on may now belong to another worker.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use super::decode::RawRecord;
+use super::positions::TopicPartition;
+use crate::error::{KilnError, Result};
+
+/// Where the member starts reading the partitions it is given: the next
+/// offset, or None for the source's `start` (earliest or latest).
+pub type PositionLookup =
+    dyn Fn(&[TopicPartition]) -> Result<BTreeMap<TopicPartition, Option<i64>>> + Send + Sync;
+
+/// One partition's records since the last batch was taken.
+#[derive(Debug, Default)]
+pub struct PartitionBuffer {
+    /// The first offset of the next batch (None until a record shows it,
+    /// when reading starts at `earliest` or `latest`).
+    pub from: Option<i64>,
+    pub records: Vec<RawRecord>,
+}
+
+#[derive(Debug, Default)]
+struct Buffer {
+    partitions: BTreeMap<TopicPartition, PartitionBuffer>,
+    rows: usize,
+    bytes: usize,
+    /// When the oldest record in the buffer arrived.
+    oldest: Option<Instant>,
+}
+
+/// A batch taken from the buffer: per partition, its first offset and records.
+pub type TakenBatch = Vec<(TopicPartition, i64, Vec<RawRecord>)>;
+
+/// State shared by the polling thread, the rebalance callback and the loop.
+struct Shared {
+    buffer: Mutex<Buffer>,
+    /// Held by the poll thread from a poll until its record is buffered, so
+    /// a rewind never meets a record fetched before its seek.
+    polling: Mutex<()>,
+    stop: AtomicBool,
+    revocations: AtomicU64,
+    start: Offset,
+}
+
+struct MemberContext {
+    shared: Arc<Shared>,
+    positions: Box<PositionLookup>,
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let partitions: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition {
+                topic: e.topic().to_string(),
+                partition: e.partition(),
+            })
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let positions = match (self.positions)(&partitions) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Without positions the member must not read: leave
+                        // the partitions unassigned; the group gives them to
+                        // someone else, or to us again on the next rebalance.
+                        tracing::error!(error = %e, "reading positions for assigned partitions; not taking them");
+                        return;
+                    }
+                };
+                let mut buffer = self.shared.buffer.lock().expect("buffer lock");
+                for tp in &partitions {
+                    let at = positions.get(tp).copied().flatten();
+                    let offset = at.map_or(self.shared.start, Offset::Offset);
+                    if let Err(e) = tpl.set_partition_offset(&tp.topic, tp.partition, offset) {
+                        tracing::error!(partition = %tp, error = %e, "setting the start offset");
+                    }
+                    buffer.partitions.insert(
+                        tp.clone(),
+                        PartitionBuffer {
+                            from: at,
+                            records: Vec::new(),
+                        },
+                    );
+                }
+                drop(buffer);
+                tracing::info!(partitions = ?partitions, positions = ?positions, "partitions assigned");
+                let assigned = match consumer.rebalance_protocol() {
+                    rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+                    _ => consumer.assign(tpl),
+                };
+                if let Err(e) = assigned {
+                    tracing::error!(error = %e, "assigning partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.shared.revocations.fetch_add(1, Ordering::SeqCst);
+                let mut buffer = self.shared.buffer.lock().expect("buffer lock");
+                for tp in &partitions {
+                    buffer.partitions.remove(tp);
+                }
+                buffer.recount();
+                drop(buffer);
+                tracing::info!(partitions = ?partitions, "partitions revoked");
+                let unassigned = match consumer.rebalance_protocol() {
+                    rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+                    _ => consumer.unassign(),
+                };
+                if let Err(e) = unassigned {
+                    tracing::error!(error = %e, "unassigning partitions");
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                if !matches!(
+                    consumer.rebalance_protocol(),
+                    rdkafka::consumer::RebalanceProtocol::Cooperative
+                ) {
+                    let _ = consumer.unassign();
+                }
+            }
+        }
+    }
+}
+
+impl Buffer {
+    fn recount(&mut self) {
+        self.rows = self.partitions.values().map(|p| p.records.len()).sum();
+        self.bytes = self
+            .partitions
+            .values()
+            .flat_map(|p| &p.records)
+            .map(record_bytes)
+            .sum();
+        if self.rows == 0 {
+            self.oldest = None;
+        }
+    }
+}
+
+fn record_bytes(r: &RawRecord) -> usize {
+    r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, Vec::len)
+}
+
+/// How full the buffer may get before the member stops fetching.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferLimits {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// A running member of the pipeline's consumer group.
+pub struct Member {
+    consumer: Arc<BaseConsumer<MemberContext>>,
+    shared: Arc<Shared>,
+    poller: Option<JoinHandle<()>>,
+}
+
+impl Member {
+    /// Join the group and start fetching `topics`. `limits` is the most the
+    /// buffer holds before fetching pauses (a few batches' worth).
+    pub fn start(
+        client: &ClientConfig,
+        topics: &[String],
+        start: Offset,
+        positions: Box<PositionLookup>,
+        limits: BufferLimits,
+    ) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Buffer::default()),
+            polling: Mutex::new(()),
+            stop: AtomicBool::new(false),
+            revocations: AtomicU64::new(0),
+            start,
+        });
+        let mut config = client.clone();
+        // Partitions move one at a time, and no member gives up the ones it
+        // keeps: without this, every rebalance revokes everything.
+        if config.get("partition.assignment.strategy").is_none() {
+            config.set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        config.set("enable.partition.eof", "false");
+        let context = MemberContext {
+            shared: Arc::clone(&shared),
+            positions,
+        };
+        let consumer: BaseConsumer<MemberContext> = config
+            .create_with_context(context)
+            .map_err(|e| KilnError::Kafka(format!("creating the stream consumer: {e}")))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| KilnError::Kafka(format!("subscribing to {}: {e}", topics.join(", "))))?;
+        let consumer = Arc::new(consumer);
+        let poller = {
+            let consumer = Arc::clone(&consumer);
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("kiln-kafka-poll".into())
+                .spawn(move || poll_loop(&consumer, &shared, limits))
+                .map_err(|e| KilnError::Io(format!("starting the Kafka poll thread: {e}")))?
+        };
+        Ok(Self {
+            consumer,
+            shared,
+            poller: Some(poller),
+        })
+    }
+
+    /// Rows and bytes buffered, and how long ago the oldest arrived.
+    pub fn buffered(&self) -> (usize, usize, Option<Duration>) {
+        let buffer = self.shared.buffer.lock().expect("buffer lock");
+        (buffer.rows, buffer.bytes, buffer.oldest.map(|t| t.elapsed()))
+    }
+
+    /// How many revocations the member has seen; a batch whose count changed
+    /// while it ran may hold partitions another worker now reads.
+    pub fn revocations(&self) -> u64 {
+        self.shared.revocations.load(Ordering::SeqCst)
+    }
+
+    /// Take a batch of at most about `max_rows` records and `max_bytes`
+    /// bytes, the same share of each partition's records (the oldest).
+    pub fn take_batch(&self, max_rows: usize, max_bytes: usize) -> TakenBatch {
+        let mut buffer = self.shared.buffer.lock().expect("buffer lock");
+        let share = (max_rows as f64 / buffer.rows.max(1) as f64)
+            .min(max_bytes as f64 / buffer.bytes.max(1) as f64)
+            .min(1.0);
+        let mut batch = Vec::new();
+        for (tp, p) in buffer.partitions.iter_mut() {
+            if p.records.is_empty() {
+                continue;
+            }
+            let take = ((p.records.len() as f64 * share).ceil() as usize).clamp(1, p.records.len());
+            let rest = p.records.split_off(take);
+            let records = std::mem::replace(&mut p.records, rest);
+            let from = p.from.unwrap_or(records[0].offset);
+            p.from = Some(records.last().map_or(from, |r| r.offset + 1));
+            batch.push((tp.clone(), from, records));
+        }
+        // What stays keeps the arrival time of the oldest record taken: it
+        // has waited at least that long, so the next batch is due no later.
+        buffer.recount();
+        batch
+    }
+
+    /// The partitions the member holds now.
+    pub fn assigned(&self) -> Vec<TopicPartition> {
+        let buffer = self.shared.buffer.lock().expect("buffer lock");
+        buffer.partitions.keys().cloned().collect()
+    }
+
+    /// Drop what is buffered for `positions` and read again from there.
+    pub fn rewind(&self, positions: &BTreeMap<TopicPartition, Option<i64>>) -> Result<()> {
+        // librdkafka drops what it fetched before a seek; the one record the
+        // poll thread may hold is dealt with by waiting for it.
+        let _polling = self.shared.polling.lock().expect("poll lock");
+        let mut buffer = self.shared.buffer.lock().expect("buffer lock");
+        for (tp, at) in positions {
+            let Some(p) = buffer.partitions.get_mut(tp) else {
+                continue;
+            };
+            p.records.clear();
+            p.from = *at;
+            let offset = at.map_or(self.shared.start, Offset::Offset);
+            self.consumer
+                .seek(&tp.topic, tp.partition, offset, Duration::from_secs(10))
+                .map_err(|e| KilnError::Kafka(format!("rewinding {tp} to {offset:?}: {e}")))?;
+        }
+        buffer.recount();
+        Ok(())
+    }
+
+    /// Report committed positions to the group, for lag monitors.
+    pub fn report(&self, positions: &BTreeMap<TopicPartition, i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, next) in positions {
+            let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next));
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::warn!(error = %e, "committing offsets to the consumer group");
+        }
+    }
+
+    /// Stop fetching, leave the group (revoking every partition) and wait
+    /// for the poll thread.
+    pub fn close(mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+        self.consumer.unsubscribe();
+        // The last reference: dropping closes the consumer, which serves the
+        // final revocation and leaves the group.
+    }
+}
+
+fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, limits: BufferLimits) {
+    let mut paused = false;
+    let mut last_error: Option<(String, Instant)> = None;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let full = {
+            let buffer = shared.buffer.lock().expect("buffer lock");
+            buffer.rows >= limits.rows || buffer.bytes >= limits.bytes
+        };
+        if full != paused
+            && let Ok(assignment) = consumer.assignment()
+        {
+            let result = if full {
+                consumer.pause(&assignment)
+            } else {
+                consumer.resume(&assignment)
+            };
+            if result.is_ok() {
+                paused = full;
+            }
+        }
+        let _polling = shared.polling.lock().expect("poll lock");
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => {
+                let tp = TopicPartition {
+                    topic: message.topic().to_string(),
+                    partition: message.partition(),
+                };
+                let record = RawRecord {
+                    offset: message.offset(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec),
+                };
+                let mut buffer = shared.buffer.lock().expect("buffer lock");
+                let Some(p) = buffer.partitions.get_mut(&tp) else {
+                    continue; // revoked meanwhile
+                };
+                // Fetched before a rewind: not ours to keep.
+                if p.from.is_some_and(|from| record.offset < from)
+                    || p.records.last().is_some_and(|last| record.offset <= last.offset)
+                {
+                    continue;
+                }
+                let bytes = record_bytes(&record);
+                p.records.push(record);
+                buffer.rows += 1;
+                buffer.bytes += bytes;
+                buffer.oldest.get_or_insert_with(Instant::now);
+            }
+            Some(Err(e)) => {
+                // librdkafka reconnects by itself; say so once in a while.
+                let text = e.to_string();
+                let repeat = last_error
+                    .as_ref()
+                    .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
+                if !repeat {
+                    if matches!(e, KafkaError::MessageConsumption(_)) {
+                        tracing::warn!(error = %text, "Kafka consumer error; retrying");
+                    } else {
+                        tracing::warn!(error = %text, "Kafka error; retrying");
+                    }
+                    last_error = Some((text, Instant::now()));
+                }
+            }
+        }
+    }
+}

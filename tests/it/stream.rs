@@ -1,0 +1,258 @@
+//! `kiln stream` against real brokers: exactly once under SIGKILL, through a
+//! rebalance, and a clean stop on SIGTERM. Run against noida-db
+//! (KILN_TEST_KAFKA) and tansu (KILN_TEST_KAFKA_TANSU), two independent
+//! implementations of the Kafka protocol.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+use crate::kafka::{NOIDA_FETCH, Record, broker, new_topic, produce};
+
+fn tansu() -> String {
+    std::env::var("KILN_TEST_KAFKA_TANSU").expect(
+        "KILN_TEST_KAFKA_TANSU is not set: run the suite through scripts/test.sh, which starts the tansu broker",
+    )
+}
+
+/// How workers of a test identify themselves to the group.
+#[derive(Clone, Copy, PartialEq)]
+enum Membership {
+    /// A new member each start: a killed one is dropped when its session
+    /// times out.
+    Dynamic,
+    /// `group.instance.id` (a StatefulSet pod's name): a restarted worker
+    /// takes its dead predecessor's place at once. noida-db never expires a
+    /// member whose session timed out (a killed worker would keep its
+    /// partitions for ever), so the kill test runs static members there.
+    Static,
+}
+
+/// A stream pipeline over `topic`: every record becomes one row.
+fn pipeline(topic: &str, membership: Membership) -> String {
+    let group = format!("kiln-test-{}", uuid::Uuid::new_v4().simple());
+    let instance = match membership {
+        Membership::Dynamic => String::new(),
+        Membership::Static => ", 'group.instance.id' 'worker-0'".to_string(),
+    };
+    format!(
+        "CREATE EXTERNAL TABLE clicks (id BIGINT NOT NULL, user_id BIGINT NOT NULL, item VARCHAR)\n\
+         STORED AS JSON LOCATION 'kafka://{topic}'\n\
+         OPTIONS ('bootstrap.servers' '${{KAFKA}}', {NOIDA_FETCH}, 'group.id' '{group}'{instance},\n\
+         -- a killed worker's partitions move after this long; joins wait no longer than this\n\
+         'session.timeout.ms' '6000', 'heartbeat.interval.ms' '500', 'max.poll.interval.ms' '10000');\n\
+         CREATE EXTERNAL TABLE seen STORED AS FEATURES LOCATION 'out/seen' OPTIONS ('key' 'id', 'mode' 'append');\n\
+         INSERT INTO seen SELECT id, user_id, item, _partition AS part, _offset AS kafka_offset FROM clicks;\n"
+    )
+}
+
+fn records(first: i64, n: i64, partitions: i32) -> Vec<Record> {
+    (first..first + n)
+        .map(|id| {
+            let value = format!(
+                r#"{{"id": {id}, "user_id": {}, "item": "i{}"}}"#,
+                id % 13,
+                id % 29
+            );
+            ((id % partitions as i64) as i32, None, Some(value.into_bytes()))
+        })
+        .collect()
+}
+
+fn start_stream(dir: &Path, brokers: &str, log: &str, extra: &[&str]) -> Child {
+    let out = std::fs::File::create(dir.join(format!("{log}.out"))).unwrap();
+    let err = std::fs::File::create(dir.join(format!("{log}.err"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(dir)
+        .args(["stream", "seen.sql", "--batch-interval", "300ms"])
+        .args(extra)
+        .env("KAFKA", brokers)
+        .env("KILN_LOG", "info")
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("kiln stream starts")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Rows committed so far (the sum over the feature set's versions).
+fn committed_rows(dir: &Path) -> u64 {
+    if !has_delta_log(&dir.join("out/seen")) {
+        return 0;
+    }
+    let versions = kiln(dir, &["versions", "out/seen", "--output", "json"])
+        .ok()
+        .json();
+    versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["rows"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn wait_for_rows(dir: &Path, rows: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = committed_rows(dir);
+        if now >= rows {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {now} of {rows} rows after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Stop with SIGTERM; it must exit 0 on its own.
+fn stop(mut child: Child, dir: &Path, log: &str) {
+    signal(&child, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(dir.join(format!("{log}.err"))).unwrap_or_default();
+            assert!(
+                status.success(),
+                "kiln stream exited {status} after SIGTERM:\n{err}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kiln stream did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Row count, distinct ids, smallest and largest id, read by Python's deltalake.
+fn id_census(dir: &Path) -> Value {
+    const SCRIPT: &str = r#"
+import json, sys
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+ids = DeltaTable(sys.argv[1]).to_pyarrow_table(columns=["id"]).column("id")
+print(json.dumps({"rows": len(ids), "distinct": pc.count_distinct(ids).as_py(),
+                  "min": pc.min(ids).as_py(), "max": pc.max(ids).as_py()}))
+"#;
+    python_json(SCRIPT, &[&dir.join("out/seen").display().to_string()], &[])
+}
+
+fn assert_every_id_once(dir: &Path, n: i64) {
+    let census = id_census(dir);
+    assert_eq!(census["rows"], n, "{census}");
+    assert_eq!(census["distinct"], n, "{census}");
+    assert_eq!(census["min"], 0);
+    assert_eq!(census["max"], n - 1);
+}
+
+fn stream_stops_cleanly_and_resumes(brokers: &str) {
+    let topic = new_topic(brokers, "stream", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("seen.sql"), &pipeline(&topic, Membership::Dynamic));
+    produce(brokers, &topic, &records(0, 3000, 4));
+    let worker = start_stream(d, brokers, "w1", &[]);
+    wait_for_rows(d, 3000, Duration::from_secs(60));
+    stop(worker, d, "w1");
+    let out = std::fs::read_to_string(d.join("w1.out")).unwrap();
+    assert!(out.contains("batch of"), "{out}");
+    assert!(out.contains("stopped after"), "{out}");
+
+    // Records produced while no worker runs are read by the next one.
+    produce(brokers, &topic, &records(3000, 2000, 4));
+    let worker = start_stream(d, brokers, "w2", &["--output", "json"]);
+    wait_for_rows(d, 5000, Duration::from_secs(60));
+    stop(worker, d, "w2");
+    assert_every_id_once(d, 5000);
+}
+
+fn exactly_once_through_kills(brokers: &str, membership: Membership) {
+    const N: i64 = 200_000;
+    let topic = new_topic(brokers, "kills", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("seen.sql"), &pipeline(&topic, membership));
+    produce(brokers, &topic, &records(0, N, 4));
+    // Pseudo-random but reproducible kill moments, 0.3 to 2.5 s into each life.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..10 {
+        let worker = start_stream(d, brokers, &format!("k{round}"), &["--batch-rows", "2000"]);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(300 + seed % 2200));
+        signal(&worker, "-KILL");
+        let mut worker = worker;
+        worker.wait().unwrap();
+    }
+    eprintln!(
+        "{} of {N} rows committed before the last start",
+        committed_rows(d)
+    );
+    let worker = start_stream(d, brokers, "last", &["--batch-rows", "2000"]);
+    wait_for_rows(d, N as u64, Duration::from_secs(300));
+    stop(worker, d, "last");
+    assert_every_id_once(d, N);
+}
+
+fn exactly_once_through_a_rebalance(brokers: &str) {
+    const N: i64 = 60_000;
+    let topic = new_topic(brokers, "rebalance", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("seen.sql"), &pipeline(&topic, Membership::Dynamic));
+    produce(brokers, &topic, &records(0, N / 2, 4));
+    let a = start_stream(d, brokers, "a", &["--batch-rows", "2000"]);
+    let b = start_stream(d, brokers, "b", &["--batch-rows", "2000"]);
+    produce(brokers, &topic, &records(N / 2, N / 4, 4));
+    wait_for_rows(d, (N / 4) as u64, Duration::from_secs(120));
+    // One worker leaves halfway; its partitions move to the other.
+    stop(a, d, "a");
+    produce(brokers, &topic, &records(N / 2 + N / 4, N / 4, 4));
+    wait_for_rows(d, N as u64, Duration::from_secs(180));
+    stop(b, d, "b");
+    assert_every_id_once(d, N);
+}
+
+#[test]
+fn noida_stream_stops_cleanly_and_resumes() {
+    stream_stops_cleanly_and_resumes(&broker());
+}
+
+#[test]
+fn noida_stream_is_exactly_once_through_kills() {
+    exactly_once_through_kills(&broker(), Membership::Static);
+}
+
+#[test]
+fn noida_stream_is_exactly_once_through_a_rebalance() {
+    exactly_once_through_a_rebalance(&broker());
+}
+
+#[test]
+fn tansu_stream_stops_cleanly_and_resumes() {
+    stream_stops_cleanly_and_resumes(&tansu());
+}
+
+#[test]
+fn tansu_stream_is_exactly_once_through_kills() {
+    exactly_once_through_kills(&tansu(), Membership::Dynamic);
+}
+
+#[test]
+fn tansu_stream_is_exactly_once_through_a_rebalance() {
+    exactly_once_through_a_rebalance(&tansu());
+}
