@@ -98,6 +98,8 @@ pids+=("$noida_pid")
 wait_for "the Kafka broker (noida-db)" "$noida_pid" "$noida_port" "$scratch/noida.log"
 log "Kafka broker (noida-db) on 127.0.0.1:$noida_port"
 export KILN_TEST_KAFKA="127.0.0.1:$noida_port"
+# For the test that restarts a broker of its own under a running worker.
+export KILN_TEST_NOIDA_BIN="$noida_bin"
 
 tansu_port=$(free_port)
 env -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE -u CLUSTER_ID \

@@ -301,10 +301,14 @@ async fn commit_dead_letters(
     write: &StagedWrite,
     reads: &[kafka::SourceReads],
 ) -> Result<u64> {
+    let for_table = |r: &&kafka::SourceReads| r.to_topic().is_none() && r.bad_records() > 0;
+    if !reads.iter().any(|r| for_table(&r)) {
+        return Ok(0);
+    }
     let already = kafka::dead_letter_positions(&pipeline.name, &write.location, reads).await?;
     let letters: Vec<_> = reads
         .iter()
-        .filter(|r| r.to_topic().is_none())
+        .filter(for_table)
         .flat_map(|r| r.dead_letters(&already))
         .collect();
     if letters.is_empty() {

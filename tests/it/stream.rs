@@ -177,6 +177,25 @@ fn stream_stops_cleanly_and_resumes(brokers: &str) {
     wait_for_rows(d, 5000, Duration::from_secs(60));
     stop(worker, d, "w2");
     assert_every_id_once(d, 5000);
+
+    // The group sees the committed positions too, for lag monitors: 1250
+    // records per partition.
+    let sql = std::fs::read_to_string(d.join("seen.sql")).unwrap();
+    let group = sql.split("'group.id' '").nth(1).unwrap().split('\'').next().unwrap();
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition(&topic, p);
+    }
+    use rdkafka::consumer::Consumer;
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    for e in committed.elements() {
+        assert_eq!(e.offset(), rdkafka::Offset::Offset(1250), "group offset of partition {}", e.partition());
+    }
 }
 
 fn exactly_once_through_kills(brokers: &str, membership: Membership) {
@@ -255,4 +274,76 @@ fn tansu_stream_is_exactly_once_through_kills() {
 #[test]
 fn tansu_stream_is_exactly_once_through_a_rebalance() {
     exactly_once_through_a_rebalance(&tansu());
+}
+
+/// A noida-db broker of the test's own, to restart under a running worker.
+struct OwnBroker {
+    child: Child,
+    port: u16,
+    data: tempfile::TempDir,
+}
+
+impl OwnBroker {
+    fn start(port: u16, data: tempfile::TempDir) -> Self {
+        let child = Self::spawn(port, data.path());
+        OwnBroker { child, port, data }
+    }
+
+    fn spawn(port: u16, data: &Path) -> Child {
+        let bin = std::env::var("KILN_TEST_NOIDA_BIN")
+            .expect("KILN_TEST_NOIDA_BIN is not set: run the suite through scripts/test.sh");
+        let child = Command::new(bin)
+            .args(["start", "--only", "kafka", "--kafka-port", &port.to_string(), "--data-dir"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("noida-db starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "noida-db did not open its port");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A clean stop (it writes its data out), then the same broker again.
+    fn restart(&mut self, down_for: Duration) {
+        signal(&self.child, "-TERM");
+        self.child.wait().unwrap();
+        std::thread::sleep(down_for);
+        self.child = Self::spawn(self.port, self.data.path());
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn stream_rides_out_a_broker_restart() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut broker = OwnBroker::start(port, tempfile::tempdir().unwrap());
+    let brokers = broker.address();
+    let topic = new_topic(&brokers, "restart", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("seen.sql"), &pipeline(&topic, Membership::Dynamic));
+    produce(&brokers, &topic, &records(0, 1000, 2));
+    let worker = start_stream(d, &brokers, "w", &[]);
+    wait_for_rows(d, 1000, Duration::from_secs(60));
+
+    broker.restart(Duration::from_secs(3));
+    produce(&brokers, &topic, &records(1000, 1000, 2));
+    wait_for_rows(d, 2000, Duration::from_secs(120));
+    stop(worker, d, "w");
+    assert_every_id_once(d, 2000);
+    drop(broker);
 }

@@ -321,24 +321,18 @@ impl Member {
 }
 
 fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, limits: BufferLimits) {
-    let mut paused = false;
     let mut last_error: Option<(String, Instant)> = None;
     while !shared.stop.load(Ordering::SeqCst) {
         let full = {
             let buffer = shared.buffer.lock().expect("buffer lock");
             buffer.rows >= limits.rows || buffer.bytes >= limits.bytes
         };
-        if full != paused
-            && let Ok(assignment) = consumer.assignment()
-        {
-            let result = if full {
-                consumer.pause(&assignment)
-            } else {
-                consumer.resume(&assignment)
-            };
-            if result.is_ok() {
-                paused = full;
-            }
+        // Backpressure by not polling: librdkafka's own queue fills and it
+        // stops fetching. Pausing the partitions instead would make it drop
+        // what it prefetched and fetch it again on resume.
+        if full {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
         }
         let _polling = shared.polling.lock().expect("poll lock");
         match consumer.poll(Duration::from_millis(100)) {
