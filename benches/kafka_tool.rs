@@ -194,7 +194,9 @@ fn main() {
         ),
         (Some("ceiling"), Some(brokers), Some(topic)) => ceiling(brokers, topic),
         _ => {
-            eprintln!("usage: kafka_tool produce BROKERS TOPIC EVENTS [PARTITIONS] [RATE] | ceiling BROKERS TOPIC");
+            eprintln!(
+                "usage: kafka_tool produce BROKERS TOPIC EVENTS [PARTITIONS] [RATE] | ceiling BROKERS TOPIC"
+            );
             std::process::exit(2);
         }
     }

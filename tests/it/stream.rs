@@ -181,7 +181,13 @@ fn stream_stops_cleanly_and_resumes(brokers: &str) {
     // The group sees the committed positions too, for lag monitors: 1250
     // records per partition.
     let sql = std::fs::read_to_string(d.join("seen.sql")).unwrap();
-    let group = sql.split("'group.id' '").nth(1).unwrap().split('\'').next().unwrap();
+    let group = sql
+        .split("'group.id' '")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -194,7 +200,12 @@ fn stream_stops_cleanly_and_resumes(brokers: &str) {
     use rdkafka::consumer::Consumer;
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     for e in committed.elements() {
-        assert_eq!(e.offset(), rdkafka::Offset::Offset(1250), "group offset of partition {}", e.partition());
+        assert_eq!(
+            e.offset(),
+            rdkafka::Offset::Offset(1250),
+            "group offset of partition {}",
+            e.partition()
+        );
     }
 }
 
@@ -293,7 +304,14 @@ impl OwnBroker {
         let bin = std::env::var("KILN_TEST_NOIDA_BIN")
             .expect("KILN_TEST_NOIDA_BIN is not set: run the suite through scripts/test.sh");
         let child = Command::new(bin)
-            .args(["start", "--only", "kafka", "--kafka-port", &port.to_string(), "--data-dir"])
+            .args([
+                "start",
+                "--only",
+                "kafka",
+                "--kafka-port",
+                &port.to_string(),
+                "--data-dir",
+            ])
             .arg(data)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -329,7 +347,11 @@ impl Drop for OwnBroker {
 
 #[test]
 fn stream_rides_out_a_broker_restart() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut broker = OwnBroker::start(port, tempfile::tempdir().unwrap());
     let brokers = broker.address();
     let topic = new_topic(&brokers, "restart", 2);
