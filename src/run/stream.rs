@@ -239,25 +239,7 @@ impl Worker<'_> {
     /// Decode, run and commit one batch; per group of feature sets standing
     /// at the same positions, one pass.
     async fn process(&mut self, batch: TakenBatch) -> Result<Vec<RunSummary>> {
-        let reads: Vec<PartitionRead> = batch
-            .into_iter()
-            .map(|(tp, from, records)| {
-                let count = records.len() as u64;
-                let to = records.last().map_or(from, |r| r.offset + 1);
-                let (rows, bad) = self.source.decoder.decode(&tp.topic, tp.partition, records);
-                PartitionRead {
-                    range: PartitionRange {
-                        topic: tp.topic,
-                        partition: tp.partition,
-                        from,
-                        to,
-                    },
-                    batches: rows.into_iter().collect(),
-                    bad,
-                    records: count,
-                }
-            })
-            .collect();
+        let reads = self.decode(batch);
         let groups = self.groups(&reads);
         let mut summaries = Vec::new();
         for (targets, at, read_versions) in groups {
@@ -289,6 +271,51 @@ impl Worker<'_> {
             summaries.push(summary);
         }
         Ok(summaries)
+    }
+
+    /// Decode each partition's records, partitions spread over the cores
+    /// (while a batch is processed the poll thread rests: the buffer is full).
+    fn decode(&self, batch: TakenBatch) -> Vec<PartitionRead> {
+        let decoder = &self.source.decoder;
+        let threads = self.options.run.resources.target_partitions.max(1);
+        let mut shares: Vec<TakenBatch> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, partition) in batch.into_iter().enumerate() {
+            shares[i % threads].push(partition);
+        }
+        let decode_share = |share: TakenBatch| -> Vec<PartitionRead> {
+            share
+                .into_iter()
+                .map(|(tp, from, records)| {
+                    let count = records.len() as u64;
+                    let to = records.last().map_or(from, |r| r.offset + 1);
+                    let (rows, bad) = decoder.decode(&tp.topic, tp.partition, records);
+                    PartitionRead {
+                        range: PartitionRange {
+                            topic: tp.topic,
+                            partition: tp.partition,
+                            from,
+                            to,
+                        },
+                        batches: rows.into_iter().collect(),
+                        bad,
+                        records: count,
+                    }
+                })
+                .collect()
+        };
+        // Blocks this task for the decode: the worker has nothing else to do
+        // meanwhile, and the poll thread is a thread of its own.
+        std::thread::scope(|scope| {
+            let running: Vec<_> = shares
+                .into_iter()
+                .filter(|share| !share.is_empty())
+                .map(|share| scope.spawn(move || decode_share(share)))
+                .collect();
+            running
+                .into_iter()
+                .flat_map(|t| t.join().expect("a decode thread panicked"))
+                .collect()
+        })
     }
 
     /// Feature sets grouped by where they stand in the batch's partitions,
