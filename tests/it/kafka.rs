@@ -235,20 +235,26 @@ fn bounded_runs_pick_up_exactly_where_the_last_stopped() {
     );
 
     // The consumer group sees the progress too (for lag monitors).
+    assert_group_offsets(brokers, "kiln.seen", topic, 4, 375);
+}
+
+/// Every partition of `topic` shows `offset` as `group`'s committed offset.
+pub fn assert_group_offsets(brokers: &str, group: &str, topic: &str, partitions: i32, offset: i64) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", "kiln.seen")
+        .set("group.id", group)
         .create()
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..4 {
+    for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    assert_eq!(committed.count(), partitions as usize);
     for e in committed.elements() {
         assert_eq!(
             e.offset(),
-            rdkafka::Offset::Offset(375),
+            rdkafka::Offset::Offset(offset),
             "group offset of partition {}",
             e.partition()
         );

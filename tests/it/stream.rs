@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::*;
-use crate::kafka::{NOIDA_FETCH, Record, broker, new_topic, produce};
+use crate::kafka::{NOIDA_FETCH, Record, assert_group_offsets, broker, new_topic, produce};
 
 fn tansu() -> String {
     std::env::var("KILN_TEST_KAFKA_TANSU").expect(
@@ -188,25 +188,7 @@ fn stream_stops_cleanly_and_resumes(brokers: &str) {
         .split('\'')
         .next()
         .unwrap();
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..4 {
-        tpl.add_partition(&topic, p);
-    }
-    use rdkafka::consumer::Consumer;
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    for e in committed.elements() {
-        assert_eq!(
-            e.offset(),
-            rdkafka::Offset::Offset(1250),
-            "group offset of partition {}",
-            e.partition()
-        );
-    }
+    assert_group_offsets(brokers, group, &topic, 4, 1250);
 }
 
 fn exactly_once_through_kills(brokers: &str, membership: Membership) {
