@@ -339,14 +339,15 @@ pub fn check_bad_record_limits(reads: &[SourceReads]) -> Result<()> {
     Ok(())
 }
 
-/// Where a feature set's dead-letter table stands, per topic-partition.
+/// Where a feature set's dead-letter table stands, per topic-partition;
+/// None when the table does not exist yet.
 pub async fn dead_letter_positions(
     pipeline: &str,
     location: &str,
     reads: &[SourceReads],
-) -> Result<Positions> {
+) -> Result<Option<Positions>> {
     let Some(table) = featureset::open(&featureset::dead_letter_location(location)).await? else {
-        return Ok(Positions::new());
+        return Ok(None);
     };
     let partitions: Vec<TopicPartition> = reads
         .iter()
@@ -357,7 +358,7 @@ pub async fn dead_letter_positions(
             })
         })
         .collect();
-    positions::recorded(&table, pipeline, &partitions).await
+    positions::recorded(&table, pipeline, &partitions).await.map(Some)
 }
 
 /// Send the bad records of sources with `'dead_letter.topic'` to that topic,

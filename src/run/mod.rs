@@ -305,7 +305,9 @@ async fn commit_dead_letters(
     if !reads.iter().any(|r| for_table(&r)) {
         return Ok(0);
     }
-    let already = kafka::dead_letter_positions(&pipeline.name, &write.location, reads).await?;
+    let existing = kafka::dead_letter_positions(&pipeline.name, &write.location, reads).await?;
+    let exists = existing.is_some();
+    let already = existing.unwrap_or_default();
     let letters: Vec<_> = reads
         .iter()
         .filter(for_table)
@@ -324,7 +326,7 @@ async fn commit_dead_letters(
     }
     let dead = StagedWrite {
         name: format!("{}/_dead_letters", write.name),
-        exists: featureset::open(&location).await?.is_some(),
+        exists,
         location,
         mode: SinkMode::Append,
         schema: featureset::dead_letter_schema(),
