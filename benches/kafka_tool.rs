@@ -3,12 +3,14 @@
 //! ```text
 //! kafka_tool produce  BROKERS TOPIC EVENTS [PARTITIONS] [RATE]   create the topic (if PARTITIONS), produce
 //!                                                                 EVENTS clickstream records (RATE per second, or flat out)
-//! kafka_tool ceiling  BROKERS TOPIC                               the ceiling: a bare consumer reads the topic to its
-//!                                                                 high watermark and decodes every value with arrow's
-//!                                                                 JSON decoder (no pipeline, no commit)
+//! kafka_tool ceiling  BROKERS TOPIC [EVENTS]                      the ceiling: a bare consumer reads the topic to its
+//!                                                                 high watermark (or EVENTS records) and decodes every
+//!                                                                 value with arrow's JSON decoder (no pipeline, no commit)
 //! ```
 //!
 //! Both print one JSON object. Run through `cargo bench --bench kafka_tool -- ...`.
+//! `KILN_BENCH_CLIENT='key=value,...'` adds client properties to the ceiling's
+//! consumer (to try fetch settings).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,16 +118,39 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-fn ceiling(brokers: &str, topic: &str) {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// CPU seconds (user and system) this process has used so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit(") ")
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime, in clock ticks of 1/100 s on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// `events`: stop after that many records instead of at the high
+/// watermarks (tansu reports wrong ones).
+fn ceiling(brokers: &str, topic: &str, events_wanted: Option<i64>) {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", "kiln-bench-ceiling")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         // noida-db answers a fetch with everything after the asked offset.
-        .set("receive.message.max.bytes", "2147483647")
-        .create()
-        .expect("consumer");
+        .set("receive.message.max.bytes", "2147483647");
+    // KILN_BENCH_CLIENT='key=value,...': client properties to try.
+    for pair in std::env::var("KILN_BENCH_CLIENT").unwrap_or_default().split(',') {
+        if let Some((key, value)) = pair.split_once('=') {
+            config.set(key.trim(), value.trim());
+        }
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(30))
         .expect("metadata");
@@ -139,8 +164,9 @@ fn ceiling(brokers: &str, topic: &str) {
         ends.insert(*p, high);
         tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
     }
-    let total: i64 = ends.values().sum();
+    let total: i64 = events_wanted.unwrap_or_else(|| ends.values().sum());
     let start = Instant::now();
+    let cpu_before = cpu_seconds();
     consumer.assign(&tpl).expect("assign");
     let schema = schema();
     let mut decoder = arrow::json::ReaderBuilder::new(Arc::clone(&schema))
@@ -149,7 +175,11 @@ fn ceiling(brokers: &str, topic: &str) {
         .expect("decoder");
     let (mut events, mut rows, mut pending) = (0i64, 0usize, 0usize);
     let mut done = std::collections::HashSet::new();
-    while done.len() < partitions.len() {
+    let finished = |done: &std::collections::HashSet<i32>, events: i64| match events_wanted {
+        Some(n) => events >= n,
+        None => done.len() == partitions.len(),
+    };
+    while !finished(&done, events) {
         // noida-db answers a fetch with the whole rest of the partition,
         // which takes a while to arrive for millions of records.
         let Some(message) = consumer.poll(Duration::from_secs(300)) else {
@@ -175,7 +205,8 @@ fn ceiling(brokers: &str, topic: &str) {
         "{}",
         serde_json::json!({
             "events": events, "rows": rows, "seconds": seconds,
-            "events_per_s": events as f64 / seconds, "peak_rss_mib": peak_rss_mib()
+            "events_per_s": events as f64 / seconds, "peak_rss_mib": peak_rss_mib(),
+            "cpu_s": cpu_seconds() - cpu_before
         })
     );
 }
@@ -192,10 +223,12 @@ fn main() {
             arg(4).and_then(|p| p.parse().ok()).filter(|p| *p > 0),
             arg(5).and_then(|r| r.parse().ok()),
         ),
-        (Some("ceiling"), Some(brokers), Some(topic)) => ceiling(brokers, topic),
+        (Some("ceiling"), Some(brokers), Some(topic)) => {
+            ceiling(brokers, topic, arg(3).and_then(|n| n.parse().ok()))
+        }
         _ => {
             eprintln!(
-                "usage: kafka_tool produce BROKERS TOPIC EVENTS [PARTITIONS] [RATE] | ceiling BROKERS TOPIC"
+                "usage: kafka_tool produce BROKERS TOPIC EVENTS [PARTITIONS] [RATE] | ceiling BROKERS TOPIC [EVENTS]"
             );
             std::process::exit(2);
         }

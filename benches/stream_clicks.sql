@@ -13,7 +13,9 @@ STORED AS JSON
 LOCATION 'kafka://${TOPIC}'
 OPTIONS ('bootstrap.servers' '${KAFKA}', 'group.id' '${GROUP}',
          -- noida-db answers a fetch with everything after the asked offset
-         'receive.message.max.bytes' '2147483647');
+         'receive.message.max.bytes' '2147483647',
+         -- tansu holds a group join for half the session timeout
+         'session.timeout.ms' '10000');
 
 CREATE EXTERNAL TABLE click_features
 STORED AS FEATURES

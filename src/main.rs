@@ -13,6 +13,9 @@ use kiln::pipeline::{Pipeline, Variables, parse_assignment};
 use kiln::run::{self, RunOptions, StreamOptions};
 use kiln::{KilnError, report};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kiln",
@@ -68,13 +71,14 @@ enum Command {
         /// Set a ${NAME} variable (repeatable); wins over the environment.
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_assignment)]
         set: Vec<(String, String)>,
-        /// Close a batch at this many records.
-        #[arg(long, default_value_t = 100_000)]
+        /// Close a batch at this many records (a backlog is caught up in
+        /// batches this large: fewer commits, fewer small files).
+        #[arg(long, default_value_t = 250_000)]
         batch_rows: usize,
         /// Close a batch at this many bytes of keys and values (e.g. 64M).
         #[arg(long, default_value = "64M", value_parser = parse_size)]
         batch_bytes: usize,
-        /// Close a batch this long after its first record arrived (e.g. 1s, 500ms).
+        /// Close a batch once a record in it has waited this long (e.g. 1s, 500ms).
         #[arg(long, default_value = "1s", value_parser = run::parse_duration)]
         batch_interval: std::time::Duration,
         /// On SIGTERM, how long the batch in flight may take to commit before it is abandoned.

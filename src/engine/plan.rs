@@ -16,7 +16,7 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::tokenizer::Token;
 use deltalake::DeltaTable;
 
-use crate::featureset::{self, Fit};
+use crate::featureset::{self, Fit, OpenTables};
 use crate::pipeline::{FeatureSetDecl, InsertDecl, Pipeline, Problem, SourceDecl, Statement, StatementKind};
 use crate::source::{FileSourceTable, register_file_source};
 
@@ -57,13 +57,14 @@ impl PlannedPipeline {
 pub async fn plan_pipeline(
     ctx: &SessionContext,
     pipeline: &Pipeline,
+    tables: &OpenTables,
 ) -> Result<PlannedPipeline, Vec<Problem>> {
     let mut problems = Vec::new();
 
     // Feature sets first: incremental sources need their lineage.
     let mut sinks: Vec<(&Statement, &FeatureSetDecl, Option<DeltaTable>)> = Vec::new();
     for (stmt, decl) in pipeline.feature_sets() {
-        match featureset::open(&decl.location).await {
+        match tables.latest(&decl.location).await {
             Ok(table) => sinks.push((stmt, decl, table)),
             Err(e) => {
                 problems.push(at_location(pipeline, stmt, &decl.location, e.to_string()));
@@ -111,7 +112,7 @@ pub async fn plan_pipeline(
             continue;
         }
         let version = decl.options.version.map(|v| v as u64);
-        match featureset::table_provider(&decl.location, version).await {
+        match featureset::table_provider(tables, &decl.location, version).await {
             Ok(provider) => {
                 if let Err(e) = ctx.register_table(decl.name.as_str(), provider) {
                     problems.push(df_problem(pipeline, stmt, &e));

@@ -2,10 +2,12 @@
 //! carrying the run's [`Lineage`].
 
 mod dead_letters;
+mod encoding;
 mod history;
 mod lineage;
 mod schema;
 mod stats;
+mod tables;
 
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ pub use history::{VersionDetail, VersionInfo, files_read_by, version_detail, ver
 pub use lineage::{ColumnStats, InputFile, KafkaInput, LINEAGE_KEY, Lineage};
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
+pub use tables::OpenTables;
 
 /// The table URL of a feature set location: a path (relative to the
 /// working directory), `file://`, `s3://` or `gs://`. Nothing is created.
@@ -116,8 +119,9 @@ impl StagedWrite {
     }
 }
 
-/// Commit one staged write as one new version; returns the version.
-pub async fn commit(staged: StagedWrite) -> Result<u64> {
+/// Commit one staged write as one new version; returns the version, and
+/// leaves the new state in `tables`.
+pub async fn commit(staged: StagedWrite, tables: &OpenTables) -> Result<u64> {
     let url = table_url(&staged.location)?;
     if url.scheme() == "file" {
         let dir = url
@@ -129,15 +133,8 @@ pub async fn commit(staged: StagedWrite) -> Result<u64> {
     let context = || format!("opening feature set '{}' at '{}'", staged.name, staged.location);
     // A new feature set is created by its first write; loading it first
     // would only fail (and log) for the missing log.
-    let table = if let Some(version) = staged.read_version {
-        DeltaTableBuilder::from_url(url)
-            .context(context)?
-            .with_version(version as _)
-            .load()
-            .await
-            .context(context)?
-    } else if staged.exists {
-        DeltaTable::try_from_url(url).await.context(context)?
+    let table = if staged.read_version.is_some() || staged.exists {
+        tables.at(&staged.location, staged.read_version).await?
     } else {
         DeltaTableBuilder::from_url(url)
             .and_then(|b| b.build())
@@ -150,8 +147,10 @@ pub async fn commit(staged: StagedWrite) -> Result<u64> {
         staged.batches
     };
     let lineage = serde_json::to_value(&staged.lineage)?;
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
     let mut write = table
         .write(batches)
+        .with_writer_properties(encoding::writer_properties(rows))
         .with_save_mode(match staged.mode {
             SinkMode::Append => SaveMode::Append,
             SinkMode::Overwrite => SaveMode::Overwrite,
@@ -170,6 +169,7 @@ pub async fn commit(staged: StagedWrite) -> Result<u64> {
             staged.name, staged.location
         )
     })?;
+    tables.remember(&staged.location, &table)?;
     table.version().ok_or_else(|| {
         KilnError::Io(format!(
             "feature set '{}' has no version after commit",
@@ -194,13 +194,14 @@ pub fn lost_position_race(e: &KilnError) -> bool {
     )
 }
 
-/// Register a feature set as a read-only table (pinned to `version`, or the
-/// latest) in a DataFusion session.
+/// A feature set as a read-only table (pinned to `version`, or the latest)
+/// for a DataFusion session.
 pub async fn table_provider(
+    tables: &OpenTables,
     location: &str,
     version: Option<u64>,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-    let table = open_existing(location, version).await?;
+    let table = tables.at(location, version).await?;
     let provider = table
         .table_provider()
         .await

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::engine::{self, Resources};
 use crate::error::{KilnError, Result};
+use crate::featureset::OpenTables;
 use crate::pipeline::{Pipeline, Problem, Variables};
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,7 +60,7 @@ pub async fn check_paths(paths: &[PathBuf], vars: &Variables, resources: &Resour
                     })?;
                     let mut problems = super::kafka::register_unread(&ctx, &pipeline).await;
                     problems.extend(
-                        engine::plan_pipeline(&ctx, &pipeline)
+                        engine::plan_pipeline(&ctx, &pipeline, &OpenTables::default())
                             .await
                             .err()
                             .unwrap_or_default(),

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::engine::{self, Resources};
 use crate::error::{Context, KilnError, Result};
+use crate::featureset::OpenTables;
 use crate::pipeline::Pipeline;
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,7 +29,7 @@ pub async fn explain_pipeline(
     if !problems.is_empty() {
         return Err(KilnError::Problems(problems));
     }
-    let planned = engine::plan_pipeline(&ctx, pipeline)
+    let planned = engine::plan_pipeline(&ctx, pipeline, &OpenTables::default())
         .await
         .map_err(KilnError::Problems)?;
     let mut out = Vec::new();

@@ -17,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{KilnError, Result};
-use crate::featureset::{self, DeadLetter, KafkaInput};
+use crate::featureset::{self, DeadLetter, KafkaInput, OpenTables};
 use crate::pipeline::{Pipeline, Problem, StartAt};
 use crate::source::kafka::positions::{self, Positions};
 use crate::source::kafka::{KafkaSource, PartitionRange, PartitionRead, TopicPartition, read};
@@ -342,11 +342,12 @@ pub fn check_bad_record_limits(reads: &[SourceReads]) -> Result<()> {
 /// Where a feature set's dead-letter table stands, per topic-partition;
 /// None when the table does not exist yet.
 pub async fn dead_letter_positions(
+    tables: &OpenTables,
     pipeline: &str,
     location: &str,
     reads: &[SourceReads],
 ) -> Result<Option<Positions>> {
-    let Some(table) = featureset::open(&featureset::dead_letter_location(location)).await? else {
+    let Some(table) = tables.latest(&featureset::dead_letter_location(location)).await? else {
         return Ok(None);
     };
     let partitions: Vec<TopicPartition> = reads

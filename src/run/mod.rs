@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::engine::{self, PlannedInsert, PlannedPipeline, Resources};
 use crate::error::{Context, KilnError, Result};
-use crate::featureset::{self, InputFile, KafkaInput, Lineage, StagedWrite, StatsCollector};
+use crate::featureset::{self, InputFile, KafkaInput, Lineage, OpenTables, StagedWrite, StatsCollector};
 use crate::pipeline::{Pipeline, SinkMode};
 
 pub use check::{CheckReport, check_paths};
@@ -103,11 +103,12 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
     let started = Instant::now();
     let run_id = uuid::Uuid::new_v4().to_string();
     let ctx = session(options)?;
+    let tables = OpenTables::default();
     let kafka_sources = kafka::prepare(&ctx, pipeline)
         .await
         .map_err(KilnError::Problems)?;
     if kafka_sources.is_empty() {
-        return run_pass(&ctx, pipeline, options, &run_id, started, None).await;
+        return run_pass(&ctx, pipeline, options, &tables, &run_id, started, None).await;
     }
     let mut summary: Option<RunSummary> = None;
     loop {
@@ -117,7 +118,7 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
                 .feature_set(&insert.target)
                 .expect("inserts target declared feature sets (checked when parsed)");
             if !targets.iter().any(|(n, _)| n == &decl.name) {
-                targets.push((decl.name.clone(), featureset::open(&decl.location).await?));
+                targets.push((decl.name.clone(), tables.latest(&decl.location).await?));
             }
         }
         let scope = kafka::scope(pipeline, &kafka_sources, &targets).await?;
@@ -131,7 +132,16 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
         let reads = kafka::read_and_register(&ctx, &kafka_sources, &scope).await?;
         let catch_up = scope.catch_up;
         let pass = KafkaPass { scope, reads };
-        let done = run_pass(&ctx, &pass_pipeline, options, &run_id, started, Some(&pass)).await?;
+        let done = run_pass(
+            &ctx,
+            &pass_pipeline,
+            options,
+            &tables,
+            &run_id,
+            started,
+            Some(&pass),
+        )
+        .await?;
         kafka::report_to_groups(&pass.reads).await;
         summary = Some(match summary {
             None => done,
@@ -161,12 +171,22 @@ async fn run_batch(
     ctx: &datafusion::prelude::SessionContext,
     pipeline: &Pipeline,
     options: &RunOptions,
+    tables: &OpenTables,
     scope: kafka::Scope,
     reads: Vec<kafka::SourceReads>,
 ) -> Result<RunSummary> {
     let run_id = uuid::Uuid::new_v4().to_string();
     let pass = KafkaPass { scope, reads };
-    run_pass(ctx, pipeline, options, &run_id, Instant::now(), Some(&pass)).await
+    run_pass(
+        ctx,
+        pipeline,
+        options,
+        tables,
+        &run_id,
+        Instant::now(),
+        Some(&pass),
+    )
+    .await
 }
 
 /// Plan, execute every INSERT, then commit: one pass of a run.
@@ -174,13 +194,15 @@ async fn run_pass(
     ctx: &datafusion::prelude::SessionContext,
     pipeline: &Pipeline,
     options: &RunOptions,
+    tables: &OpenTables,
     run_id: &str,
     started: Instant,
     kafka: Option<&KafkaPass>,
 ) -> Result<RunSummary> {
-    let planned = engine::plan_pipeline(ctx, pipeline)
+    let planned = engine::plan_pipeline(ctx, pipeline, tables)
         .await
         .map_err(KilnError::Problems)?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "planned");
 
     let kafka_summary = kafka.as_ref().map(|k| KafkaSummary {
         records: k.reads.iter().map(|r| r.records()).sum(),
@@ -261,6 +283,7 @@ async fn run_pass(
         ));
     }
     progress.finish();
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "executed");
     if let Some(k) = kafka {
         kafka::check_bad_record_limits(&k.reads)?;
         kafka::send_to_dead_letter_topics(&pipeline.name, run_id, &k.reads).await?;
@@ -274,11 +297,11 @@ async fn run_pass(
             continue;
         }
         let dead_letters = match kafka {
-            Some(k) => commit_dead_letters(pipeline, run_id, &write, &k.reads).await?,
+            Some(k) => commit_dead_letters(pipeline, tables, run_id, &write, &k.reads).await?,
             None => 0,
         };
         let rows = write.rows();
-        let version = featureset::commit(write).await?;
+        let version = featureset::commit(write, tables).await?;
         outcomes.push(SinkOutcome {
             feature_set: insert.feature_set.name.clone(),
             location: insert.feature_set.location.clone(),
@@ -289,6 +312,7 @@ async fn run_pass(
             dead_letters,
         });
     }
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "committed");
     Ok(summary(outcomes, input_files))
 }
 
@@ -297,6 +321,7 @@ async fn run_pass(
 /// them recorded and does not write them twice. Returns how many it wrote.
 async fn commit_dead_letters(
     pipeline: &Pipeline,
+    tables: &OpenTables,
     run_id: &str,
     write: &StagedWrite,
     reads: &[kafka::SourceReads],
@@ -305,7 +330,7 @@ async fn commit_dead_letters(
     if !reads.iter().any(|r| for_table(&r)) {
         return Ok(0);
     }
-    let existing = kafka::dead_letter_positions(&pipeline.name, &write.location, reads).await?;
+    let existing = kafka::dead_letter_positions(tables, &pipeline.name, &write.location, reads).await?;
     let exists = existing.is_some();
     let already = existing.unwrap_or_default();
     let letters: Vec<_> = reads
@@ -340,7 +365,7 @@ async fn commit_dead_letters(
         transactions: kafka::transactions(&pipeline.name, reads),
         read_version: None,
     };
-    featureset::commit(dead).await?;
+    featureset::commit(dead, tables).await?;
     Ok(count)
 }
 

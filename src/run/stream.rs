@@ -22,9 +22,10 @@ use serde::Serialize;
 use super::kafka::{self, Scope, SourceReads};
 use super::{RunOptions, RunSummary, run_batch, session};
 use crate::error::{KilnError, Result};
-use crate::featureset;
+use crate::featureset::{self, OpenTables};
 use crate::pipeline::{Pipeline, StartAt};
-use crate::source::kafka::group::{BufferLimits, Member, PositionLookup, TakenBatch};
+use crate::source::kafka::buffer::{self, BufferLimits, TakenBatch, TakenPartition};
+use crate::source::kafka::group::{Member, PositionLookup};
 use crate::source::kafka::positions::{self, Positions};
 use crate::source::kafka::{KafkaSource, PartitionRange, PartitionRead, TopicPartition};
 
@@ -101,12 +102,14 @@ pub async fn stream_pipeline(
             acc
         });
     let standing = Arc::new(Mutex::new(Standing::default()));
+    let tables = OpenTables::default();
 
     let lookup: Box<PositionLookup> = {
         let handle = tokio::runtime::Handle::current();
         let (name, targets, standing) = (pipeline.name.clone(), targets.clone(), Arc::clone(&standing));
+        let tables = tables.clone();
         Box::new(move |partitions: &[TopicPartition]| {
-            handle.block_on(read_standing(&name, &targets, partitions, &standing))
+            handle.block_on(read_standing(&tables, &name, &targets, partitions, &standing))
         })
     };
     let start = match source.decl.options.start {
@@ -117,13 +120,21 @@ pub async fn stream_pipeline(
         rows: options.batch_rows.saturating_mul(2),
         bytes: options.batch_bytes.saturating_mul(2),
     };
-    let member = Member::start(&source.client, &source.decl.topics, start, lookup, limits)?;
+    let member = Member::start(
+        &source.client,
+        &source.decl.topics,
+        start,
+        source.decoder.clone(),
+        lookup,
+        limits,
+    )?;
     let mut worker = Worker {
         pipeline,
         options,
         source,
         targets,
         standing,
+        tables,
         member,
         summary: StreamSummary {
             pipeline: pipeline.name.clone(),
@@ -146,6 +157,8 @@ struct Worker<'a> {
     source: KafkaSource,
     targets: Vec<(String, String)>,
     standing: Arc<Mutex<Standing>>,
+    /// The feature sets, kept open from batch to batch.
+    tables: OpenTables,
     member: Member,
     summary: StreamSummary,
     failures: u32,
@@ -231,15 +244,26 @@ impl Worker<'_> {
     /// positions in the feature sets.
     async fn rewind(&self) -> Result<()> {
         let partitions = self.member.assigned();
-        let positions =
-            read_standing(&self.pipeline.name, &self.targets, &partitions, &self.standing).await?;
+        let positions = read_standing(
+            &self.tables,
+            &self.pipeline.name,
+            &self.targets,
+            &partitions,
+            &self.standing,
+        )
+        .await?;
         self.member.rewind(&positions)
     }
 
     /// Decode, run and commit one batch; per group of feature sets standing
     /// at the same positions, one pass.
     async fn process(&mut self, batch: TakenBatch) -> Result<Vec<RunSummary>> {
+        let started = std::time::Instant::now();
         let reads = self.decode(batch);
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "decoded the rest of the batch"
+        );
         let groups = self.groups(&reads);
         let mut summaries = Vec::new();
         for (targets, at, read_versions) in groups {
@@ -266,50 +290,66 @@ impl Worker<'_> {
                 reads,
             }];
             let pass_pipeline = self.pipeline.only_inserts_into(&targets);
-            let summary = run_batch(&ctx, &pass_pipeline, &self.options.run, scope, source_reads).await?;
+            let summary = run_batch(
+                &ctx,
+                &pass_pipeline,
+                &self.options.run,
+                &self.tables,
+                scope,
+                source_reads,
+            )
+            .await?;
             self.committed(&summary, &ranges);
             summaries.push(summary);
         }
         Ok(summaries)
     }
 
-    /// Decode each partition's records, partitions spread over the cores
-    /// (while a batch is processed the poll thread rests: the buffer is full).
+    /// The batch's rows per partition. The poll thread decoded most of
+    /// them as they arrived; what it had not yet is decoded here, the
+    /// partitions spread over the cores.
     fn decode(&self, batch: TakenBatch) -> Vec<PartitionRead> {
         let decoder = &self.source.decoder;
+        let finish = |mut part: TakenPartition| -> PartitionRead {
+            let to = part.to();
+            if !part.pending.is_empty() {
+                let arrived = std::time::Instant::now(); // not looked at again
+                part.decoded
+                    .push(buffer::decode_chunk(decoder, &part.tp, &part.pending, arrived));
+            }
+            let mut read = PartitionRead {
+                range: PartitionRange {
+                    topic: part.tp.topic,
+                    partition: part.tp.partition,
+                    from: part.from,
+                    to,
+                },
+                batches: Vec::new(),
+                bad: Vec::new(),
+                records: 0,
+            };
+            for chunk in part.decoded {
+                read.batches.extend(chunk.batches);
+                read.bad.extend(chunk.bad);
+                read.records += chunk.records as u64;
+            }
+            read
+        };
+        if batch.iter().filter(|p| !p.pending.is_empty()).count() <= 1 {
+            return batch.into_iter().map(finish).collect();
+        }
         let threads = self.options.run.resources.target_partitions.max(1);
         let mut shares: Vec<TakenBatch> = (0..threads).map(|_| Vec::new()).collect();
         for (i, partition) in batch.into_iter().enumerate() {
             shares[i % threads].push(partition);
         }
-        let decode_share = |share: TakenBatch| -> Vec<PartitionRead> {
-            share
-                .into_iter()
-                .map(|(tp, from, records)| {
-                    let count = records.len() as u64;
-                    let to = records.last().map_or(from, |r| r.offset + 1);
-                    let (rows, bad) = decoder.decode(&tp.topic, tp.partition, records);
-                    PartitionRead {
-                        range: PartitionRange {
-                            topic: tp.topic,
-                            partition: tp.partition,
-                            from,
-                            to,
-                        },
-                        batches: rows.into_iter().collect(),
-                        bad,
-                        records: count,
-                    }
-                })
-                .collect()
-        };
         // Blocks this task for the decode: the worker has nothing else to do
-        // meanwhile, and the poll thread is a thread of its own.
+        // meanwhile.
         std::thread::scope(|scope| {
             let running: Vec<_> = shares
                 .into_iter()
                 .filter(|share| !share.is_empty())
-                .map(|share| scope.spawn(move || decode_share(share)))
+                .map(|share| scope.spawn(move || share.into_iter().map(finish).collect::<Vec<_>>()))
                 .collect();
             running
                 .into_iter()
@@ -424,6 +464,7 @@ fn starting_at(read: &PartitionRead, at: &Positions) -> Option<PartitionRead> {
 /// Read where each feature set stands in `partitions` (and remember it);
 /// per partition the lowest, or None where one has never read it.
 async fn read_standing(
+    tables: &OpenTables,
     pipeline: &str,
     targets: &[(String, String)],
     partitions: &[TopicPartition],
@@ -431,7 +472,7 @@ async fn read_standing(
 ) -> Result<BTreeMap<TopicPartition, Option<i64>>> {
     let mut lowest: BTreeMap<TopicPartition, Option<i64>> = BTreeMap::new();
     for (name, location) in targets {
-        let table = featureset::open(location).await?;
+        let table = tables.latest(location).await?;
         let (version, recorded) = match &table {
             Some(t) => (t.version(), positions::recorded(t, pipeline, partitions).await?),
             None => (None, Positions::new()),

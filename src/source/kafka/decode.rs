@@ -9,14 +9,16 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-};
-use arrow::compute::concat_batches;
+use arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
+use super::records::Records;
 pub use crate::pipeline::KafkaFormat as Format;
+
+/// Records decoded together; large enough that per-chunk costs vanish, as
+/// large as DataFusion's batches.
+pub const CHUNK_RECORDS: usize = 8192;
 
 /// The metadata columns every Kafka source has, after its own columns.
 pub const METADATA_COLUMNS: &[&str] = &["_topic", "_partition", "_offset", "_timestamp", "_key"];
@@ -35,8 +37,7 @@ fn metadata_fields() -> Vec<Field> {
     ]
 }
 
-/// One record as fetched: owned, so it can be decoded again after a failure
-/// and kept for the dead letters.
+/// One record copied out whole, as the dead letters keep it.
 #[derive(Debug, Clone)]
 pub struct RawRecord {
     pub offset: i64,
@@ -115,47 +116,43 @@ impl RecordDecoder {
         &self,
         topic: &str,
         partition: i32,
-        records: Vec<RawRecord>,
-    ) -> (Option<RecordBatch>, Vec<BadRecord>) {
-        let mut bad = Vec::new();
-        let mut good = Vec::with_capacity(records.len());
-        for record in records {
-            match self.precheck(&record) {
-                Some(reason) => bad.push(BadRecord { record, reason }),
-                None => good.push(record),
-            }
-        }
+        records: &Records,
+    ) -> (Vec<RecordBatch>, Vec<BadRecord>) {
         let mut parts = Vec::new();
         let mut failed = Vec::new();
-        self.decode_range(&good, 0..good.len(), &mut parts, &mut failed);
+        // Runs of records that pass the checks made without decoding.
+        let mut run_start = 0;
+        for i in 0..records.len() {
+            if let Some(reason) = self.precheck(records, i) {
+                self.decode_range(records, run_start..i, &mut parts, &mut failed);
+                failed.push((i, reason));
+                run_start = i + 1;
+            }
+        }
+        self.decode_range(records, run_start..records.len(), &mut parts, &mut failed);
         let mut batches = Vec::with_capacity(parts.len());
         for (range, values) in parts {
-            match self.with_metadata(topic, partition, &good[range.clone()], values) {
+            match self.with_metadata(topic, partition, &records.slice(range.clone()), values) {
                 Ok(batch) => batches.push(batch),
                 // Not expected: the metadata columns are built to the schema.
                 Err(e) => failed.extend(range.map(|i| (i, e.to_string()))),
             }
         }
-        if !failed.is_empty() {
-            let mut taken: Vec<Option<RawRecord>> = good.into_iter().map(Some).collect();
-            for (i, reason) in failed {
-                if let Some(record) = taken[i].take() {
-                    bad.push(BadRecord { record, reason });
-                }
-            }
-            bad.sort_by_key(|b| b.record.offset);
-        }
-        let batch = match batches.len() {
-            0 => None,
-            1 => batches.pop(),
-            _ => Some(concat_batches(&self.table, &batches).expect("batches share the table schema")),
-        };
-        (batch, bad)
+        failed.sort_by_key(|(i, _)| *i);
+        let bad = failed
+            .into_iter()
+            .map(|(i, reason)| BadRecord {
+                record: records.raw(i),
+                reason,
+            })
+            .collect();
+        (batches, bad)
     }
 
     /// Faults visible without decoding.
-    fn precheck(&self, record: &RawRecord) -> Option<String> {
-        let len = record.value.as_ref().map_or(0, Vec::len);
+    fn precheck(&self, records: &Records, i: usize) -> Option<String> {
+        let value = records.value(i);
+        let len = value.map_or(0, <[u8]>::len);
         if len > self.max_record_bytes {
             return Some(format!(
                 "value of {len} bytes is larger than max.record.bytes ({})",
@@ -164,7 +161,7 @@ impl RecordDecoder {
         }
         if self.format != Format::Bytes && len == 0 {
             return Some(
-                match record.value {
+                match value {
                     None => "empty message: the record has no value (a tombstone)",
                     Some(_) => "empty message: the value has no bytes",
                 }
@@ -176,7 +173,7 @@ impl RecordDecoder {
 
     fn decode_range(
         &self,
-        records: &[RawRecord],
+        records: &Records,
         range: Range<usize>,
         parts: &mut Vec<(Range<usize>, RecordBatch)>,
         failed: &mut Vec<(usize, String)>,
@@ -184,7 +181,7 @@ impl RecordDecoder {
         if range.is_empty() {
             return;
         }
-        match self.try_decode(&records[range.clone()]) {
+        match self.try_decode(&records.slice(range.clone())) {
             Ok(batch) => parts.push((range, batch)),
             Err(reason) if range.len() == 1 => failed.push((range.start, reason)),
             Err(_) => {
@@ -196,20 +193,21 @@ impl RecordDecoder {
     }
 
     /// All of `records` as rows of the declared columns, or the first fault.
-    fn try_decode(&self, records: &[RawRecord]) -> Result<RecordBatch, String> {
+    fn try_decode(&self, records: &Records) -> Result<RecordBatch, String> {
+        let values = (0..records.len()).map(|i| records.value(i).unwrap_or_default());
         let batch = match self.format {
-            Format::Bytes => {
-                let column: BinaryArray = records.iter().map(|r| r.value.as_deref()).collect();
-                RecordBatch::try_new(Arc::clone(&self.values), vec![Arc::new(column)]).map_err(reason)?
-            }
+            Format::Bytes => RecordBatch::try_new(
+                Arc::clone(&self.values),
+                vec![Arc::new(records.values.clone()) as ArrayRef],
+            )
+            .map_err(reason)?,
             Format::Json => {
                 let mut decoder = arrow::json::ReaderBuilder::new(Arc::clone(&self.values))
                     .with_batch_size(records.len() + 1)
                     .build_decoder()
                     .map_err(reason)?;
-                for record in records {
+                for bytes in values {
                     let before = decoder.len();
-                    let bytes = value_of(record);
                     let used = decoder.decode(bytes).map_err(reason)?;
                     // The decoder stops early only when a record brings more
                     // rows than the batch has room for.
@@ -231,8 +229,10 @@ impl RecordDecoder {
                     .with_header(false)
                     .with_batch_size(records.len().max(1) + 1)
                     .build_decoder();
-                for record in records {
-                    let mut line = value_of(record).to_vec();
+                let mut line = Vec::new();
+                for bytes in values {
+                    line.clear();
+                    line.extend_from_slice(bytes);
                     if line.last() != Some(&b'\n') {
                         line.push(b'\n');
                     }
@@ -262,30 +262,16 @@ impl RecordDecoder {
         &self,
         topic: &str,
         partition: i32,
-        records: &[RawRecord],
+        records: &Records,
         values: RecordBatch,
     ) -> Result<RecordBatch, ArrowError> {
         let n = records.len();
         let mut columns: Vec<ArrayRef> = values.columns().to_vec();
         columns.push(Arc::new(StringArray::from(vec![topic; n])));
         columns.push(Arc::new(Int32Array::from(vec![partition; n])));
-        columns.push(Arc::new(records.iter().map(|r| r.offset).collect::<Int64Array>()));
-        columns.push(Arc::new(
-            records
-                .iter()
-                .map(|r| r.timestamp_ms)
-                .collect::<TimestampMillisecondArray>()
-                .with_timezone("UTC"),
-        ));
-        columns.push(Arc::new(
-            records.iter().map(|r| r.key.as_deref()).collect::<BinaryArray>(),
-        ));
+        columns.extend(records.metadata_columns());
         RecordBatch::try_new(Arc::clone(&self.table), columns)
     }
-}
-
-fn value_of(record: &RawRecord) -> &[u8] {
-    record.value.as_deref().unwrap_or_default()
 }
 
 fn reason(e: impl std::fmt::Display) -> String {
@@ -312,7 +298,12 @@ mod tests {
         ])
     }
 
-    fn records(values: &[&[u8]]) -> Vec<RawRecord> {
+    /// The rows of every batch as one.
+    fn one(batches: Vec<RecordBatch>) -> RecordBatch {
+        arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+    }
+
+    fn raw_records(values: &[&[u8]]) -> Vec<RawRecord> {
         values
             .iter()
             .enumerate()
@@ -329,7 +320,7 @@ mod tests {
     fn json_bad_records_are_set_aside_with_reasons() {
         let decoder = RecordDecoder::new(Format::Json, &declared(), 64).unwrap();
         let long = format!("{{\"id\": 9, \"name\": \"{}\"}}", "x".repeat(80));
-        let input = records(&[
+        let input = raw_records(&[
             br#"{"id": 1, "name": "a"}"#,
             br#"{"id": 2, "na"#,
             br#"{"id": "three"}"#,
@@ -340,8 +331,8 @@ mod tests {
             br#"{"id": 4}{"id": 5}"#,
             br#"{"id": 6, "name": "f", "extra": true}"#,
         ]);
-        let (batch, bad) = decoder.decode("clicks", 3, input);
-        let batch = batch.unwrap();
+        let (batches, bad) = decoder.decode("clicks", 3, &Records::from_raw(&input));
+        let batch = one(batches);
         let ids: Vec<i64> = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(ids, [1, 6]);
         assert_eq!(batch.schema().field(2).name(), "_topic");
@@ -361,8 +352,9 @@ mod tests {
     #[test]
     fn csv_rows_and_type_errors() {
         let decoder = RecordDecoder::new(Format::Csv, &declared(), 1024).unwrap();
-        let (batch, bad) = decoder.decode("t", 0, records(&[b"1,a", b"x,b\n", b"3,", b"4,d\n5,e"]));
-        let batch = batch.unwrap();
+        let input = raw_records(&[b"1,a", b"x,b\n", b"3,", b"4,d\n5,e"]);
+        let (batches, bad) = decoder.decode("t", 0, &Records::from_raw(&input));
+        let batch = one(batches);
         assert_eq!(batch.num_rows(), 2);
         assert!(batch.column(1).is_null(1), "an empty CSV field is NULL");
         assert_eq!(bad.len(), 2);
@@ -373,10 +365,10 @@ mod tests {
     #[test]
     fn bytes_keep_values_and_tombstones() {
         let decoder = RecordDecoder::new(Format::Bytes, &Schema::empty(), 1024).unwrap();
-        let mut input = records(&[b"raw", b""]);
+        let mut input = raw_records(&[b"raw", b""]);
         input[1].value = None;
-        let (batch, bad) = decoder.decode("t", 0, input);
-        let batch = batch.unwrap();
+        let (batches, bad) = decoder.decode("t", 0, &Records::from_raw(&input));
+        let batch = one(batches);
         assert!(bad.is_empty());
         assert_eq!(batch.column(0).as_binary::<i32>().value(0), b"raw");
         assert!(batch.column(0).is_null(1));

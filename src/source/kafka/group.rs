@@ -4,10 +4,11 @@
 //! The group decides who reads a partition; the feature sets decide from
 //! where. On every assignment the member asks its owner for the positions
 //! recorded in the feature sets and starts there, never at the group's own
-//! committed offset. A thread polls the consumer and appends records to a
-//! buffer that the stream loop takes batches from; revoked partitions leave
-//! the buffer at once, and a counter tells the loop that a batch it is
-//! working on may now belong to another worker.
+//! committed offset. A thread polls the consumer, appends records to a
+//! buffer and decodes them there a chunk at a time, so that fetching and
+//! decoding go on while the stream loop runs and commits the batch it took;
+//! revoked partitions leave the buffer at once, and a counter tells the
+//! loop that a batch it is working on may now belong to another worker.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +22,8 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use super::decode::RawRecord;
+use super::buffer::{Buffer, BufferLimits, TakenBatch, decode_chunk};
+use super::decode::RecordDecoder;
 use super::positions::TopicPartition;
 use crate::error::{KilnError, Result};
 
@@ -29,27 +31,6 @@ use crate::error::{KilnError, Result};
 /// offset, or None for the source's `start` (earliest or latest).
 pub type PositionLookup =
     dyn Fn(&[TopicPartition]) -> Result<BTreeMap<TopicPartition, Option<i64>>> + Send + Sync;
-
-/// One partition's records since the last batch was taken.
-#[derive(Debug, Default)]
-pub struct PartitionBuffer {
-    /// The first offset of the next batch (None until a record shows it,
-    /// when reading starts at `earliest` or `latest`).
-    pub from: Option<i64>,
-    pub records: Vec<RawRecord>,
-}
-
-#[derive(Debug, Default)]
-struct Buffer {
-    partitions: BTreeMap<TopicPartition, PartitionBuffer>,
-    rows: usize,
-    bytes: usize,
-    /// When the oldest record in the buffer arrived.
-    oldest: Option<Instant>,
-}
-
-/// A batch taken from the buffer: per partition, its first offset and records.
-pub type TakenBatch = Vec<(TopicPartition, i64, Vec<RawRecord>)>;
 
 /// State shared by the polling thread, the rebalance callback and the loop.
 struct Shared {
@@ -60,6 +41,7 @@ struct Shared {
     stop: AtomicBool,
     revocations: AtomicU64,
     start: Offset,
+    decoder: RecordDecoder,
 }
 
 struct MemberContext {
@@ -98,13 +80,7 @@ impl ConsumerContext for MemberContext {
                     if let Err(e) = tpl.set_partition_offset(&tp.topic, tp.partition, offset) {
                         tracing::error!(partition = %tp, error = %e, "setting the start offset");
                     }
-                    buffer.partitions.insert(
-                        tp.clone(),
-                        PartitionBuffer {
-                            from: at,
-                            records: Vec::new(),
-                        },
-                    );
+                    buffer.assign(tp.clone(), at);
                 }
                 drop(buffer);
                 tracing::info!(partitions = ?partitions, positions = ?positions, "partitions assigned");
@@ -118,12 +94,11 @@ impl ConsumerContext for MemberContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.shared.revocations.fetch_add(1, Ordering::SeqCst);
-                let mut buffer = self.shared.buffer.lock().expect("buffer lock");
-                for tp in &partitions {
-                    buffer.partitions.remove(tp);
-                }
-                buffer.recount();
-                drop(buffer);
+                self.shared
+                    .buffer
+                    .lock()
+                    .expect("buffer lock")
+                    .revoke(&partitions);
                 tracing::info!(partitions = ?partitions, "partitions revoked");
                 let unassigned = match consumer.rebalance_protocol() {
                     rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
@@ -146,32 +121,6 @@ impl ConsumerContext for MemberContext {
     }
 }
 
-impl Buffer {
-    fn recount(&mut self) {
-        self.rows = self.partitions.values().map(|p| p.records.len()).sum();
-        self.bytes = self
-            .partitions
-            .values()
-            .flat_map(|p| &p.records)
-            .map(record_bytes)
-            .sum();
-        if self.rows == 0 {
-            self.oldest = None;
-        }
-    }
-}
-
-fn record_bytes(r: &RawRecord) -> usize {
-    r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, Vec::len)
-}
-
-/// How full the buffer may get before the member stops fetching.
-#[derive(Debug, Clone, Copy)]
-pub struct BufferLimits {
-    pub rows: usize,
-    pub bytes: usize,
-}
-
 /// A running member of the pipeline's consumer group.
 pub struct Member {
     consumer: Arc<BaseConsumer<MemberContext>>,
@@ -180,12 +129,14 @@ pub struct Member {
 }
 
 impl Member {
-    /// Join the group and start fetching `topics`. `limits` is the most the
-    /// buffer holds before fetching pauses (a few batches' worth).
+    /// Join the group and start fetching `topics`, decoding records with
+    /// `decoder` as they arrive. `limits` is the most the buffer holds
+    /// before fetching pauses (a few batches' worth).
     pub fn start(
         client: &ClientConfig,
         topics: &[String],
         start: Offset,
+        decoder: RecordDecoder,
         positions: Box<PositionLookup>,
         limits: BufferLimits,
     ) -> Result<Self> {
@@ -195,6 +146,7 @@ impl Member {
             stop: AtomicBool::new(false),
             revocations: AtomicU64::new(0),
             start,
+            decoder,
         });
         let mut config = client.clone();
         // Partitions move one at a time, and no member gives up the ones it
@@ -232,8 +184,7 @@ impl Member {
 
     /// Rows and bytes buffered, and how long ago the oldest arrived.
     pub fn buffered(&self) -> (usize, usize, Option<Duration>) {
-        let buffer = self.shared.buffer.lock().expect("buffer lock");
-        (buffer.rows, buffer.bytes, buffer.oldest.map(|t| t.elapsed()))
+        self.shared.buffer.lock().expect("buffer lock").buffered()
     }
 
     /// How many revocations the member has seen; a batch whose count changed
@@ -243,34 +194,18 @@ impl Member {
     }
 
     /// Take a batch of at most about `max_rows` records and `max_bytes`
-    /// bytes, the same share of each partition's records (the oldest).
+    /// bytes (see [`Buffer::take`]).
     pub fn take_batch(&self, max_rows: usize, max_bytes: usize) -> TakenBatch {
-        let mut buffer = self.shared.buffer.lock().expect("buffer lock");
-        let share = (max_rows as f64 / buffer.rows.max(1) as f64)
-            .min(max_bytes as f64 / buffer.bytes.max(1) as f64)
-            .min(1.0);
-        let mut batch = Vec::new();
-        for (tp, p) in buffer.partitions.iter_mut() {
-            if p.records.is_empty() {
-                continue;
-            }
-            let take = ((p.records.len() as f64 * share).ceil() as usize).clamp(1, p.records.len());
-            let rest = p.records.split_off(take);
-            let records = std::mem::replace(&mut p.records, rest);
-            let from = p.from.unwrap_or(records[0].offset);
-            p.from = Some(records.last().map_or(from, |r| r.offset + 1));
-            batch.push((tp.clone(), from, records));
-        }
-        // What stays keeps the arrival time of the oldest record taken: it
-        // has waited at least that long, so the next batch is due no later.
-        buffer.recount();
-        batch
+        self.shared
+            .buffer
+            .lock()
+            .expect("buffer lock")
+            .take(max_rows, max_bytes)
     }
 
     /// The partitions the member holds now.
     pub fn assigned(&self) -> Vec<TopicPartition> {
-        let buffer = self.shared.buffer.lock().expect("buffer lock");
-        buffer.partitions.keys().cloned().collect()
+        self.shared.buffer.lock().expect("buffer lock").held()
     }
 
     /// Drop what is buffered for `positions` and read again from there.
@@ -280,17 +215,14 @@ impl Member {
         let _polling = self.shared.polling.lock().expect("poll lock");
         let mut buffer = self.shared.buffer.lock().expect("buffer lock");
         for (tp, at) in positions {
-            let Some(p) = buffer.partitions.get_mut(tp) else {
+            if !buffer.rewind(tp, *at) {
                 continue;
-            };
-            p.records.clear();
-            p.from = *at;
+            }
             let offset = at.map_or(self.shared.start, Offset::Offset);
             self.consumer
                 .seek(&tp.topic, tp.partition, offset, Duration::from_secs(10))
                 .map_err(|e| KilnError::Kafka(format!("rewinding {tp} to {offset:?}: {e}")))?;
         }
-        buffer.recount();
         Ok(())
     }
 
@@ -322,15 +254,17 @@ impl Member {
 
 fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, limits: BufferLimits) {
     let mut last_error: Option<(String, Instant)> = None;
+    // The partition of the last record: records come in runs per
+    // partition, and this saves making its name again for each.
+    let mut tp = TopicPartition {
+        topic: String::new(),
+        partition: -1,
+    };
     while !shared.stop.load(Ordering::SeqCst) {
-        let full = {
-            let buffer = shared.buffer.lock().expect("buffer lock");
-            buffer.rows >= limits.rows || buffer.bytes >= limits.bytes
-        };
         // Backpressure by not polling: librdkafka's own queue fills and it
         // stops fetching. Pausing the partitions instead would make it drop
         // what it prefetched and fetch it again on resume.
-        if full {
+        if shared.buffer.lock().expect("buffer lock").is_full(limits) {
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
@@ -338,31 +272,26 @@ fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, limits: Bu
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(message)) => {
-                let tp = TopicPartition {
-                    topic: message.topic().to_string(),
-                    partition: message.partition(),
-                };
-                let record = RawRecord {
-                    offset: message.offset(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
-                };
-                let mut buffer = shared.buffer.lock().expect("buffer lock");
-                let Some(p) = buffer.partitions.get_mut(&tp) else {
-                    continue; // revoked meanwhile
-                };
-                // Fetched before a rewind: not ours to keep.
-                if p.from.is_some_and(|from| record.offset < from)
-                    || p.records.last().is_some_and(|last| record.offset <= last.offset)
-                {
-                    continue;
+                if tp.partition != message.partition() || tp.topic != message.topic() {
+                    tp = TopicPartition {
+                        topic: message.topic().to_string(),
+                        partition: message.partition(),
+                    };
                 }
-                let bytes = record_bytes(&record);
-                p.records.push(record);
-                buffer.rows += 1;
-                buffer.bytes += bytes;
-                buffer.oldest.get_or_insert_with(Instant::now);
+                let full = shared.buffer.lock().expect("buffer lock").push(
+                    &tp,
+                    message.offset(),
+                    message.timestamp().to_millis(),
+                    message.key(),
+                    message.payload(),
+                );
+                // Decoded here, beside the fetching, so that the stream loop
+                // only runs and commits; outside the buffer lock, so that it
+                // can take a batch meanwhile.
+                if let Some((records, arrived)) = full {
+                    let chunk = decode_chunk(&shared.decoder, &tp, &records, arrived);
+                    shared.buffer.lock().expect("buffer lock").add_decoded(&tp, chunk);
+                }
             }
             Some(Err(e)) => {
                 // librdkafka reconnects by itself; say so once in a while.

@@ -6,10 +6,12 @@
 //! the declared columns ([`decode`]) and hands them to DataFusion as an
 //! in-memory table with one partition per topic-partition.
 
+pub mod buffer;
 pub mod decode;
 pub mod group;
 pub mod positions;
 pub mod read;
+pub mod records;
 
 use std::sync::Arc;
 

@@ -13,12 +13,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
-use super::decode::{BadRecord, RawRecord, RecordDecoder};
+use super::decode::{BadRecord, CHUNK_RECORDS, RecordDecoder};
 use super::positions::{PartitionRange, TopicPartition};
+use super::records::RecordsBuilder;
 use crate::error::{KilnError, Result};
 
-/// Records decoded together; large enough that per-chunk costs vanish.
-const CHUNK_RECORDS: usize = 8192;
 /// How long a read may go without any record or end-of-partition event.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Metadata and watermark requests.
@@ -107,7 +106,7 @@ struct Progress {
     read: PartitionRead,
     /// The planned end: offsets from here on belong to a later run.
     end: i64,
-    chunk: Vec<RawRecord>,
+    chunk: RecordsBuilder,
     done: bool,
 }
 
@@ -116,9 +115,9 @@ impl Progress {
         if self.chunk.is_empty() {
             return;
         }
-        let chunk = std::mem::take(&mut self.chunk);
-        let (batch, bad) = decoder.decode(&self.read.range.topic, self.read.range.partition, chunk);
-        self.read.batches.extend(batch);
+        let chunk = self.chunk.finish();
+        let (batches, bad) = decoder.decode(&self.read.range.topic, self.read.range.partition, &chunk);
+        self.read.batches.extend(batches);
         self.read.bad.extend(bad);
     }
 }
@@ -152,7 +151,7 @@ fn read_topic(
                     bad: Vec::new(),
                     records: 0,
                 },
-                chunk: Vec::new(),
+                chunk: RecordsBuilder::default(),
             },
         );
     }
@@ -196,12 +195,12 @@ fn fetch(
                 if p.done || offset >= p.end || offset < p.read.range.to {
                     continue;
                 }
-                p.chunk.push(RawRecord {
+                p.chunk.push(
                     offset,
-                    timestamp_ms: message.timestamp().to_millis(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
-                });
+                    message.timestamp().to_millis(),
+                    message.key(),
+                    message.payload(),
+                );
                 p.read.records += 1;
                 p.read.range.to = offset + 1;
                 if p.read.range.to >= p.end {
