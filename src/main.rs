@@ -13,9 +13,6 @@ use kiln::pipeline::{Pipeline, Variables, parse_assignment};
 use kiln::run::{self, RunOptions, StreamOptions};
 use kiln::{KilnError, report};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "kiln",
