@@ -111,7 +111,13 @@ pub async fn plan_pipeline(
             }
             continue;
         }
-        let version = decl.options.version.map(|v| v as u64);
+        // Pinned to the version just loaded unless the pipeline names one,
+        // so the log is not looked at a second time.
+        let version = decl
+            .options
+            .version
+            .map(|v| v as u64)
+            .or(table.as_ref().and_then(|t| t.version()));
         match featureset::table_provider(tables, &decl.location, version).await {
             Ok(provider) => {
                 if let Err(e) = ctx.register_table(decl.name.as_str(), provider) {

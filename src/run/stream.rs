@@ -313,9 +313,8 @@ impl Worker<'_> {
         let finish = |mut part: TakenPartition| -> PartitionRead {
             let to = part.to();
             if !part.pending.is_empty() {
-                let arrived = std::time::Instant::now(); // not looked at again
                 part.decoded
-                    .push(buffer::decode_chunk(decoder, &part.tp, &part.pending, arrived));
+                    .push(buffer::decode_chunk(decoder, &part.tp, &part.pending));
             }
             let mut read = PartitionRead {
                 range: PartitionRange {

@@ -27,18 +27,10 @@ pub struct DecodedChunk {
     pub records: usize,
     /// Key and value bytes.
     pub bytes: usize,
-    /// When its first record arrived.
-    pub arrived: Instant,
 }
 
-/// Decode one chunk of a partition's records, the first of which arrived
-/// at `arrived`.
-pub fn decode_chunk(
-    decoder: &RecordDecoder,
-    tp: &TopicPartition,
-    records: &Records,
-    arrived: Instant,
-) -> DecodedChunk {
+/// Decode one chunk of a partition's records.
+pub fn decode_chunk(decoder: &RecordDecoder, tp: &TopicPartition, records: &Records) -> DecodedChunk {
     let (batches, bad) = decoder.decode(&tp.topic, tp.partition, records);
     DecodedChunk {
         batches,
@@ -47,7 +39,6 @@ pub fn decode_chunk(
         last: records.offset(records.len() - 1),
         records: records.len(),
         bytes: records.bytes(),
-        arrived,
     }
 }
 
@@ -79,7 +70,8 @@ struct PartitionBuffer {
     /// The first offset of the next batch (None until a record shows it,
     /// when reading starts at `earliest` or `latest`).
     from: Option<i64>,
-    decoded: VecDeque<DecodedChunk>,
+    /// With when each chunk's first record arrived.
+    decoded: VecDeque<(Instant, DecodedChunk)>,
     pending: RecordsBuilder,
     /// When the first pending record arrived.
     pending_since: Option<Instant>,
@@ -97,16 +89,19 @@ impl PartitionBuffer {
     }
 
     fn records(&self) -> usize {
-        self.decoded.iter().map(|c| c.records).sum::<usize>() + self.pending.len()
+        self.decoded.iter().map(|(_, c)| c.records).sum::<usize>() + self.pending.len()
     }
 
     fn bytes(&self) -> usize {
-        self.decoded.iter().map(|c| c.bytes).sum::<usize>() + self.pending.bytes()
+        self.decoded.iter().map(|(_, c)| c.bytes).sum::<usize>() + self.pending.bytes()
     }
 
     /// When its oldest record arrived.
     fn oldest(&self) -> Option<Instant> {
-        self.decoded.front().map(|c| c.arrived).or(self.pending_since)
+        self.decoded
+            .front()
+            .map(|(arrived, _)| *arrived)
+            .or(self.pending_since)
     }
 }
 
@@ -205,11 +200,12 @@ impl Buffer {
         full
     }
 
-    /// Put back a chunk returned by [`Buffer::push`], now decoded.
-    pub fn add_decoded(&mut self, tp: &TopicPartition, chunk: DecodedChunk) {
+    /// Put back a chunk returned by [`Buffer::push`], now decoded, with
+    /// the arrival time `push` gave.
+    pub fn add_decoded(&mut self, tp: &TopicPartition, chunk: DecodedChunk, arrived: Instant) {
         self.decoding_since = None;
         if let Some(p) = self.partitions.get_mut(tp) {
-            p.decoded.push_back(chunk);
+            p.decoded.push_back((arrived, chunk));
         }
     }
 
@@ -231,7 +227,7 @@ impl Buffer {
             let mut decoded = Vec::new();
             let mut taken = 0;
             while taken < want
-                && let Some(chunk) = p.decoded.pop_front()
+                && let Some((_, chunk)) = p.decoded.pop_front()
             {
                 taken += chunk.records;
                 bytes += chunk.bytes;
@@ -293,8 +289,7 @@ mod tests {
     /// Every offset a taken partition holds: rows and bad records.
     fn offsets(decoder: &RecordDecoder, part: &TakenPartition) -> Vec<i64> {
         let mut chunks: Vec<&DecodedChunk> = part.decoded.iter().collect();
-        let rest = (!part.pending.is_empty())
-            .then(|| decode_chunk(decoder, &part.tp, &part.pending, Instant::now()));
+        let rest = (!part.pending.is_empty()).then(|| decode_chunk(decoder, &part.tp, &part.pending));
         chunks.extend(rest.as_ref());
         let mut out = Vec::new();
         for chunk in chunks {
@@ -346,8 +341,8 @@ mod tests {
                     progressed = true;
                     if let Some(records) = full {
                         if let Some((tp, (records, since))) = aside.take() {
-                            let chunk = decode_chunk(&decoder, &tp, &records, since);
-                            buffer.add_decoded(&tp, chunk);
+                            let chunk = decode_chunk(&decoder, &tp, &records);
+                            buffer.add_decoded(&tp, chunk, since);
                         }
                         aside = Some((p.clone(), records));
                     }
@@ -374,8 +369,8 @@ mod tests {
                 break;
             }
             if !progressed && let Some((tp, (records, since))) = aside.take() {
-                let chunk = decode_chunk(&decoder, &tp, &records, since);
-                buffer.add_decoded(&tp, chunk);
+                let chunk = decode_chunk(&decoder, &tp, &records);
+                buffer.add_decoded(&tp, chunk, since);
             }
         }
         assert_eq!(pushed, 20_000 + 9_000 + (30_000 - 7));
@@ -428,8 +423,8 @@ mod tests {
         let fill = |buffer: &mut Buffer, from: i64| {
             for offset in from..from + CHUNK_RECORDS as i64 {
                 if let Some((records, since)) = buffer.push(&tp(0), offset, None, None, Some(b"{\"id\":1}")) {
-                    let chunk = decode_chunk(&decoder, &tp(0), &records, since);
-                    buffer.add_decoded(&tp(0), chunk);
+                    let chunk = decode_chunk(&decoder, &tp(0), &records);
+                    buffer.add_decoded(&tp(0), chunk, since);
                 }
             }
         };

@@ -289,8 +289,12 @@ fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, limits: Bu
                 // only runs and commits; outside the buffer lock, so that it
                 // can take a batch meanwhile.
                 if let Some((records, arrived)) = full {
-                    let chunk = decode_chunk(&shared.decoder, &tp, &records, arrived);
-                    shared.buffer.lock().expect("buffer lock").add_decoded(&tp, chunk);
+                    let chunk = decode_chunk(&shared.decoder, &tp, &records);
+                    shared
+                        .buffer
+                        .lock()
+                        .expect("buffer lock")
+                        .add_decoded(&tp, chunk, arrived);
                 }
             }
             Some(Err(e)) => {
