@@ -260,7 +260,7 @@ def main():
     ap.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
     ap.add_argument("--brokers", help="a running broker (default: start noida-db here)")
     ap.add_argument("--events", type=int, default=5_000_000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--latency-events", type=int, default=300_000)
     ap.add_argument("--latency-rate", type=float, default=20_000)
     ap.add_argument("--no-tansu", action="store_true", help="skip the memory run on tansu")

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kiln::demo::{self, DemoSize};
 use kiln::engine::{Resources, parse_bytes};
 use kiln::featureset;
+use kiln::ops::allocator;
 use kiln::ops::logging::{self, LogFormat};
 use kiln::pipeline::{Pipeline, Variables, parse_assignment};
 use kiln::run::{self, RunOptions, StreamOptions};
@@ -198,6 +199,9 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             trigger,
             output,
         } => {
+            if !allocator::tune_for_streaming() {
+                tracing::debug!("allocator thresholds left at their defaults");
+            }
             let pipeline = Pipeline::load(&file, &variables(set))?;
             let options = StreamOptions {
                 batch_rows,

@@ -178,6 +178,7 @@ impl Worker<'_> {
                     _ = tokio::time::sleep(TICK) => {}
                 }
             }
+            self.member.check_threads()?;
             let (rows, bytes, age) = self.member.buffered();
             let due = rows >= self.options.batch_rows
                 || bytes >= self.options.batch_bytes
@@ -305,7 +306,7 @@ impl Worker<'_> {
         Ok(summaries)
     }
 
-    /// The batch's rows per partition. The poll thread decoded most of
+    /// The batch's rows per partition. The decode thread decoded most of
     /// them as they arrived; what it had not yet is decoded here, the
     /// partitions spread over the cores.
     fn decode(&self, batch: TakenBatch) -> Vec<PartitionRead> {

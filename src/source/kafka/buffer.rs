@@ -1,10 +1,13 @@
 //! The records a stream worker has fetched and not yet put in a batch.
 //!
-//! Per partition: chunks the poll thread has decoded, oldest first, then
-//! records still to decode. The poll thread appends and decodes; the stream
-//! loop takes batches. A full chunk is decoded outside the buffer's lock,
-//! so the loop can take a batch meanwhile (of the records before that
-//! chunk: the poll thread fetches nothing while it decodes).
+//! Per partition: chunks already decoded, oldest first, then chunks being
+//! decoded, then records still to decode. The poll thread appends records;
+//! each full chunk goes to the decode thread and comes back decoded, so
+//! fetching, decoding and the stream loop's batches all go on at once. A
+//! batch takes decoded chunks, and the undecoded tail only when no chunk
+//! of its partition is out being decoded, so a partition's records are
+//! always taken in order. A rewind or revocation gives the partition a new
+//! epoch; a chunk that comes back from an older epoch is dropped.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -42,6 +45,24 @@ pub fn decode_chunk(decoder: &RecordDecoder, tp: &TopicPartition, records: &Reco
     }
 }
 
+/// A full chunk of one partition's records, handed out by [`Buffer::push`]
+/// to be decoded and given back with [`Buffer::add_decoded`].
+#[derive(Debug)]
+pub struct ChunkToDecode {
+    pub tp: TopicPartition,
+    pub records: Records,
+    /// The partition's epoch when the chunk was handed out.
+    epoch: u64,
+}
+
+/// A chunk out being decoded: what it counts for in the buffer.
+#[derive(Debug)]
+struct Decoding {
+    arrived: Instant,
+    records: usize,
+    bytes: usize,
+}
+
 /// One partition's share of a batch: from `from`, the chunks the poll
 /// thread decoded, then records still to decode.
 #[derive(Debug)]
@@ -72,28 +93,38 @@ struct PartitionBuffer {
     from: Option<i64>,
     /// With when each chunk's first record arrived.
     decoded: VecDeque<(Instant, DecodedChunk)>,
+    /// Chunks handed out to be decoded, in offset order; they come back
+    /// in that order.
+    decoding: VecDeque<Decoding>,
     pending: RecordsBuilder,
     /// When the first pending record arrived.
     pending_since: Option<Instant>,
     /// The last offset buffered; a record at or before it was fetched
     /// before a rewind.
     last: Option<i64>,
+    /// Which assignment or rewind of the partition this buffer serves.
+    epoch: u64,
 }
 
 impl PartitionBuffer {
-    fn starting_at(from: Option<i64>) -> Self {
+    fn starting_at(from: Option<i64>, epoch: u64) -> Self {
         Self {
             from,
+            epoch,
             ..Default::default()
         }
     }
 
     fn records(&self) -> usize {
-        self.decoded.iter().map(|(_, c)| c.records).sum::<usize>() + self.pending.len()
+        self.decoded.iter().map(|(_, c)| c.records).sum::<usize>()
+            + self.decoding.iter().map(|d| d.records).sum::<usize>()
+            + self.pending.len()
     }
 
     fn bytes(&self) -> usize {
-        self.decoded.iter().map(|(_, c)| c.bytes).sum::<usize>() + self.pending.bytes()
+        self.decoded.iter().map(|(_, c)| c.bytes).sum::<usize>()
+            + self.decoding.iter().map(|d| d.bytes).sum::<usize>()
+            + self.pending.bytes()
     }
 
     /// When its oldest record arrived.
@@ -101,6 +132,7 @@ impl PartitionBuffer {
         self.decoded
             .front()
             .map(|(arrived, _)| *arrived)
+            .or_else(|| self.decoding.front().map(|d| d.arrived))
             .or(self.pending_since)
     }
 }
@@ -115,18 +147,25 @@ pub struct BufferLimits {
 #[derive(Debug, Default)]
 pub struct Buffer {
     partitions: BTreeMap<TopicPartition, PartitionBuffer>,
-    /// Records and bytes buffered, counting a chunk being decoded.
+    /// Records and bytes buffered, counting chunks being decoded.
     rows: usize,
     bytes: usize,
-    /// When the first record of the chunk being decoded arrived.
-    decoding_since: Option<Instant>,
+    /// The epoch the next assignment or rewind gets.
+    next_epoch: u64,
 }
 
 impl Buffer {
     /// Start holding `tp`; its next batch starts at `at` (None: at the
     /// first record that arrives).
     pub fn assign(&mut self, tp: TopicPartition, at: Option<i64>) {
-        self.partitions.insert(tp, PartitionBuffer::starting_at(at));
+        let fresh = self.fresh(at);
+        self.partitions.insert(tp, fresh);
+        self.recount();
+    }
+
+    fn fresh(&mut self, from: Option<i64>) -> PartitionBuffer {
+        self.next_epoch += 1;
+        PartitionBuffer::starting_at(from, self.next_epoch)
     }
 
     /// Stop holding `partitions`, dropping what they had buffered.
@@ -140,10 +179,11 @@ impl Buffer {
     /// Drop what `tp` has buffered and start again at `at`; false when the
     /// partition is not held.
     pub fn rewind(&mut self, tp: &TopicPartition, at: Option<i64>) -> bool {
-        let Some(p) = self.partitions.get_mut(tp) else {
+        if !self.partitions.contains_key(tp) {
             return false;
-        };
-        *p = PartitionBuffer::starting_at(at);
+        }
+        let fresh = self.fresh(at);
+        self.partitions.insert(tp.clone(), fresh);
         self.recount();
         true
     }
@@ -156,12 +196,7 @@ impl Buffer {
     /// each record's wait counts towards `--batch-interval`, not only the
     /// first one's since the last batch.
     pub fn buffered(&self) -> (usize, usize, Option<Duration>) {
-        let oldest = self
-            .partitions
-            .values()
-            .filter_map(PartitionBuffer::oldest)
-            .chain(self.decoding_since)
-            .min();
+        let oldest = self.partitions.values().filter_map(PartitionBuffer::oldest).min();
         (self.rows, self.bytes, oldest.map(|t| t.elapsed()))
     }
 
@@ -170,9 +205,8 @@ impl Buffer {
     }
 
     /// Append one fetched record. Returns the partition's next chunk to
-    /// decode, and when its first record arrived, when this record fills
-    /// it; records of partitions not held, and records fetched before a
-    /// rewind, are dropped.
+    /// decode when this record fills it; records of partitions not held,
+    /// and records fetched before a rewind, are dropped.
     pub fn push(
         &mut self,
         tp: &TopicPartition,
@@ -180,7 +214,7 @@ impl Buffer {
         timestamp_ms: Option<i64>,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-    ) -> Option<(Records, Instant)> {
+    ) -> Option<ChunkToDecode> {
         let p = self.partitions.get_mut(tp)?;
         if p.from.is_some_and(|from| offset < from) || p.last.is_some_and(|last| offset <= last) {
             return None;
@@ -188,25 +222,41 @@ impl Buffer {
         p.pending.push(offset, timestamp_ms, key, value);
         p.last = Some(offset);
         let since = *p.pending_since.get_or_insert_with(Instant::now);
-        let full = (p.pending.len() >= CHUNK_RECORDS).then(|| {
-            p.pending_since = None;
-            (p.pending.finish(), since)
-        });
         self.rows += 1;
         self.bytes += key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
-        if full.is_some() {
-            self.decoding_since = Some(since);
+        if p.pending.len() < CHUNK_RECORDS {
+            return None;
         }
-        full
+        p.pending_since = None;
+        let records = p.pending.finish();
+        p.decoding.push_back(Decoding {
+            arrived: since,
+            records: records.len(),
+            bytes: records.bytes(),
+        });
+        Some(ChunkToDecode {
+            tp: tp.clone(),
+            records,
+            epoch: p.epoch,
+        })
     }
 
-    /// Put back a chunk returned by [`Buffer::push`], now decoded, with
-    /// the arrival time `push` gave.
-    pub fn add_decoded(&mut self, tp: &TopicPartition, chunk: DecodedChunk, arrived: Instant) {
-        self.decoding_since = None;
-        if let Some(p) = self.partitions.get_mut(tp) {
-            p.decoded.push_back((arrived, chunk));
+    /// Put back a chunk handed out by [`Buffer::push`], now decoded. Chunks
+    /// of one partition must come back in the order they were handed out.
+    /// One whose partition was rewound or revoked since is dropped: its
+    /// records left the counts then.
+    pub fn add_decoded(&mut self, handed: &ChunkToDecode, chunk: DecodedChunk) {
+        let Some(p) = self.partitions.get_mut(&handed.tp) else {
+            return;
+        };
+        if p.epoch != handed.epoch {
+            return;
         }
+        let Some(decoding) = p.decoding.pop_front() else {
+            return;
+        };
+        debug_assert_eq!(decoding.records, chunk.records, "chunks come back in order");
+        p.decoded.push_back((decoding.arrived, chunk));
     }
 
     /// Take a batch of at most about `max_rows` records and `max_bytes`
@@ -233,7 +283,8 @@ impl Buffer {
                 bytes += chunk.bytes;
                 decoded.push(chunk);
             }
-            let pending = if taken < want && !p.pending.is_empty() {
+            // Records after a chunk still out being decoded wait for it.
+            let pending = if taken < want && p.decoding.is_empty() && !p.pending.is_empty() {
                 taken += p.pending.len();
                 bytes += p.pending.bytes();
                 p.pending_since = None;
@@ -241,6 +292,9 @@ impl Buffer {
             } else {
                 RecordsBuilder::default().finish()
             };
+            if taken == 0 {
+                continue;
+            }
             rows += taken;
             let first = decoded.first().map_or_else(|| pending.offset(0), |c| c.first);
             let part = TakenPartition {
@@ -257,9 +311,8 @@ impl Buffer {
         batch
     }
 
-    /// Count again after partitions were dropped or cleared. Never while a
-    /// chunk is being decoded: revocations and rewinds wait for the poll
-    /// thread.
+    /// Count again after partitions were added, dropped or cleared; chunks
+    /// out being decoded count for the partitions that still expect them.
     fn recount(&mut self) {
         self.rows = self.partitions.values().map(PartitionBuffer::records).sum();
         self.bytes = self.partitions.values().map(PartitionBuffer::bytes).sum();
@@ -317,9 +370,15 @@ mod tests {
         let mut next = [0i64, 500, 7];
         let mut seen: Vec<Vec<i64>> = vec![Vec::new(); 3];
         let mut expected_from = [None::<i64>; 3];
-        // A chunk handed to the "poll thread" and not yet put back.
-        let mut aside: Option<(TopicPartition, (Records, Instant))> = None;
+        // Chunks handed to the "decode thread" and not yet put back: up to
+        // three at once, over any partitions.
+        let mut aside: VecDeque<ChunkToDecode> = VecDeque::new();
+        let give_back = |buffer: &mut Buffer, handed: ChunkToDecode| {
+            let chunk = decode_chunk(&decoder, &handed.tp, &handed.records);
+            buffer.add_decoded(&handed, chunk);
+        };
         let mut pushed = 0usize;
+        let mut round = 0;
         loop {
             let mut progressed = false;
             for (i, p) in partitions.iter().enumerate() {
@@ -339,17 +398,26 @@ mod tests {
                     pushed += 1;
                     next[i] += 1;
                     progressed = true;
-                    if let Some(records) = full {
-                        if let Some((tp, (records, since))) = aside.take() {
-                            let chunk = decode_chunk(&decoder, &tp, &records);
-                            buffer.add_decoded(&tp, chunk, since);
+                    if let Some(handed) = full {
+                        if aside.len() == 3 {
+                            give_back(&mut buffer, aside.pop_front().unwrap());
                         }
-                        aside = Some((p.clone(), records));
+                        aside.push_back(handed);
                     }
                 }
             }
-            // Take while a chunk is still aside: the batch must stop short of it.
-            for part in buffer.take(4_000, usize::MAX) {
+            // Take while chunks are still aside: the batch must stop short of
+            // them. Now and then take all there is, tails included.
+            round += 1;
+            // Seldom enough that chunks fill between takes.
+            let most = match round % 16 {
+                0 => Some(usize::MAX),
+                8 => Some(4_000),
+                _ if progressed => None,
+                _ => Some(4_000),
+            };
+            let taken = most.map_or_else(Vec::new, |most| buffer.take(most, usize::MAX));
+            for part in taken {
                 let i = part.tp.partition as usize;
                 if let Some(from) = expected_from[i] {
                     assert_eq!(
@@ -358,19 +426,18 @@ mod tests {
                     );
                 }
                 let got = offsets(&decoder, &part);
-                if let (Some(first), Some(last)) = (got.first(), got.last()) {
-                    assert_eq!(*first, part.from);
-                    assert_eq!(*last + 1, part.to());
-                }
+                assert!(
+                    got.iter().copied().eq(part.from..part.to()),
+                    "partition {i}: a batch holds its range whole, nothing else"
+                );
                 expected_from[i] = Some(part.to());
                 seen[i].extend(got);
             }
-            if !progressed && aside.is_none() && buffer.buffered().0 == 0 {
+            if !progressed && aside.is_empty() && buffer.buffered().0 == 0 {
                 break;
             }
-            if !progressed && let Some((tp, (records, since))) = aside.take() {
-                let chunk = decode_chunk(&decoder, &tp, &records);
-                buffer.add_decoded(&tp, chunk, since);
+            if !progressed && let Some(handed) = aside.pop_front() {
+                give_back(&mut buffer, handed);
             }
         }
         assert_eq!(pushed, 20_000 + 9_000 + (30_000 - 7));
@@ -422,9 +489,9 @@ mod tests {
         buffer.assign(tp(0), Some(0));
         let fill = |buffer: &mut Buffer, from: i64| {
             for offset in from..from + CHUNK_RECORDS as i64 {
-                if let Some((records, since)) = buffer.push(&tp(0), offset, None, None, Some(b"{\"id\":1}")) {
-                    let chunk = decode_chunk(&decoder, &tp(0), &records);
-                    buffer.add_decoded(&tp(0), chunk, since);
+                if let Some(handed) = buffer.push(&tp(0), offset, None, None, Some(b"{\"id\":1}")) {
+                    let chunk = decode_chunk(&decoder, &handed.tp, &handed.records);
+                    buffer.add_decoded(&handed, chunk);
                 }
             }
         };
@@ -440,5 +507,36 @@ mod tests {
             after + Duration::from_millis(50) < before,
             "what is left arrived later: {after:?} against {before:?}"
         );
+    }
+
+    #[test]
+    fn a_chunk_decoded_across_a_rewind_is_dropped() {
+        let decoder = decoder();
+        let mut buffer = Buffer::default();
+        buffer.assign(tp(0), Some(0));
+        let value = b"{\"id\":1}";
+        let mut out = None;
+        for offset in 0..CHUNK_RECORDS as i64 + 10 {
+            out = buffer.push(&tp(0), offset, None, None, Some(value)).or(out);
+        }
+        let handed = out.expect("a full chunk is handed out");
+        assert_eq!(buffer.buffered().0, CHUNK_RECORDS + 10);
+        let batch = buffer.take(usize::MAX, usize::MAX);
+        assert!(
+            batch.is_empty(),
+            "the tail waits for the chunk before it: {batch:?}"
+        );
+        // Rewound while the chunk was out: it no longer counts, and does not
+        // come back into the buffer.
+        assert!(buffer.rewind(&tp(0), Some(5)));
+        assert_eq!(buffer.buffered(), (0, 0, None));
+        let chunk = decode_chunk(&decoder, &handed.tp, &handed.records);
+        buffer.add_decoded(&handed, chunk);
+        assert_eq!(buffer.buffered(), (0, 0, None));
+        for offset in 5..8 {
+            buffer.push(&tp(0), offset, None, None, Some(value));
+        }
+        let batch = buffer.take(usize::MAX, usize::MAX);
+        assert_eq!((batch[0].from, batch[0].to()), (5, 8));
     }
 }

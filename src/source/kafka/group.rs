@@ -4,14 +4,16 @@
 //! The group decides who reads a partition; the feature sets decide from
 //! where. On every assignment the member asks its owner for the positions
 //! recorded in the feature sets and starts there, never at the group's own
-//! committed offset. A thread polls the consumer, appends records to a
-//! buffer and decodes them there a chunk at a time, so that fetching and
-//! decoding go on while the stream loop runs and commits the batch it took;
+//! committed offset. A thread polls the consumer and appends records to a
+//! buffer; a second thread decodes them there a chunk at a time, so that
+//! fetching, decoding, and the stream loop running and committing the batch
+//! it took all go on at once;
 //! revoked partitions leave the buffer at once, and a counter tells the
 //! loop that a batch it is working on may now belong to another worker.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use super::buffer::{Buffer, BufferLimits, TakenBatch, decode_chunk};
+use super::buffer::{Buffer, BufferLimits, ChunkToDecode, TakenBatch, decode_chunk};
 use super::decode::RecordDecoder;
 use super::positions::TopicPartition;
 use crate::error::{KilnError, Result};
@@ -32,7 +34,12 @@ use crate::error::{KilnError, Result};
 pub type PositionLookup =
     dyn Fn(&[TopicPartition]) -> Result<BTreeMap<TopicPartition, Option<i64>>> + Send + Sync;
 
-/// State shared by the polling thread, the rebalance callback and the loop.
+/// Full chunks waiting for the decode thread; when it falls this far
+/// behind, the poll thread waits for it.
+const DECODE_QUEUE_CHUNKS: usize = 4;
+
+/// State shared by the poll and decode threads, the rebalance callback and
+/// the loop.
 struct Shared {
     buffer: Mutex<Buffer>,
     /// Held by the poll thread from a poll until its record is buffered, so
@@ -126,6 +133,7 @@ pub struct Member {
     consumer: Arc<BaseConsumer<MemberContext>>,
     shared: Arc<Shared>,
     poller: Option<JoinHandle<()>>,
+    decoder: Option<JoinHandle<()>>,
 }
 
 impl Member {
@@ -167,19 +175,40 @@ impl Member {
             .subscribe(&names)
             .map_err(|e| KilnError::Kafka(format!("subscribing to {}: {e}", topics.join(", "))))?;
         let consumer = Arc::new(consumer);
+        let (to_decode, chunks) = sync_channel(DECODE_QUEUE_CHUNKS);
+        let decoder = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("kiln-decode".into())
+                .spawn(move || decode_loop(&shared, chunks))
+                .map_err(|e| KilnError::Io(format!("starting the Kafka decode thread: {e}")))?
+        };
         let poller = {
             let consumer = Arc::clone(&consumer);
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("kiln-kafka-poll".into())
-                .spawn(move || poll_loop(&consumer, &shared, limits))
+                .spawn(move || poll_loop(&consumer, &shared, limits, to_decode))
                 .map_err(|e| KilnError::Io(format!("starting the Kafka poll thread: {e}")))?
         };
         Ok(Self {
             consumer,
             shared,
             poller: Some(poller),
+            decoder: Some(decoder),
         })
+    }
+
+    /// An error when the poll or decode thread has ended (a panic) while
+    /// the member runs: without them the worker would wait for ever.
+    pub fn check_threads(&self) -> Result<()> {
+        let ended = |t: &Option<JoinHandle<()>>| t.as_ref().is_some_and(JoinHandle::is_finished);
+        if ended(&self.poller) || ended(&self.decoder) {
+            return Err(KilnError::Kafka(
+                "the Kafka poll or decode thread stopped unexpectedly; see the log above".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Rows and bytes buffered, and how long ago the oldest arrived.
@@ -240,11 +269,16 @@ impl Member {
     }
 
     /// Stop fetching, leave the group (revoking every partition) and wait
-    /// for the poll thread.
+    /// for the poll and decode threads.
     pub fn close(mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
+        }
+        // The poll thread held the only sender: the decode thread finishes
+        // what was queued and ends.
+        if let Some(decoder) = self.decoder.take() {
+            let _ = decoder.join();
         }
         self.consumer.unsubscribe();
         // The last reference: dropping closes the consumer, which serves the
@@ -252,8 +286,16 @@ impl Member {
     }
 }
 
-fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, limits: BufferLimits) {
+fn poll_loop(
+    consumer: &BaseConsumer<MemberContext>,
+    shared: &Shared,
+    limits: BufferLimits,
+    to_decode: SyncSender<ChunkToDecode>,
+) {
     let mut last_error: Option<(String, Instant)> = None;
+    // Whether the buffer was full after the last record: only then is it
+    // looked at again before polling.
+    let mut full = false;
     // The partition of the last record: records come in runs per
     // partition, and this saves making its name again for each.
     let mut tp = TopicPartition {
@@ -264,9 +306,12 @@ fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, limits: Bu
         // Backpressure by not polling: librdkafka's own queue fills and it
         // stops fetching. Pausing the partitions instead would make it drop
         // what it prefetched and fetch it again on resume.
-        if shared.buffer.lock().expect("buffer lock").is_full(limits) {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
+        if full {
+            full = shared.buffer.lock().expect("buffer lock").is_full(limits);
+            if full {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
         }
         let _polling = shared.polling.lock().expect("poll lock");
         match consumer.poll(Duration::from_millis(100)) {
@@ -278,23 +323,23 @@ fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, limits: Bu
                         partition: message.partition(),
                     };
                 }
-                let full = shared.buffer.lock().expect("buffer lock").push(
-                    &tp,
-                    message.offset(),
-                    message.timestamp().to_millis(),
-                    message.key(),
-                    message.payload(),
-                );
-                // Decoded here, beside the fetching, so that the stream loop
-                // only runs and commits; outside the buffer lock, so that it
-                // can take a batch meanwhile.
-                if let Some((records, arrived)) = full {
-                    let chunk = decode_chunk(&shared.decoder, &tp, &records);
-                    shared
-                        .buffer
-                        .lock()
-                        .expect("buffer lock")
-                        .add_decoded(&tp, chunk, arrived);
+                let chunk = {
+                    let mut buffer = shared.buffer.lock().expect("buffer lock");
+                    let chunk = buffer.push(
+                        &tp,
+                        message.offset(),
+                        message.timestamp().to_millis(),
+                        message.key(),
+                        message.payload(),
+                    );
+                    full = buffer.is_full(limits);
+                    chunk
+                };
+                if let Some(chunk) = chunk
+                    && to_decode.send(chunk).is_err()
+                {
+                    tracing::error!("the Kafka decode thread has stopped; no longer fetching");
+                    return;
                 }
             }
             Some(Err(e)) => {
@@ -313,5 +358,18 @@ fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, limits: Bu
                 }
             }
         }
+    }
+}
+
+/// Decode full chunks as the poll thread hands them over, in order, outside
+/// the buffer's lock, so that the stream loop only runs and commits.
+fn decode_loop(shared: &Shared, chunks: Receiver<ChunkToDecode>) {
+    for handed in chunks {
+        let chunk = decode_chunk(&shared.decoder, &handed.tp, &handed.records);
+        shared
+            .buffer
+            .lock()
+            .expect("buffer lock")
+            .add_decoded(&handed, chunk);
     }
 }
