@@ -63,7 +63,7 @@ struct Decoding {
     bytes: usize,
 }
 
-/// One partition's share of a batch: from `from`, the chunks the poll
+/// One partition's share of a batch: from `from`, the chunks the decode
 /// thread decoded, then records still to decode.
 #[derive(Debug)]
 pub struct TakenPartition {
