@@ -19,6 +19,11 @@ pub enum KilnError {
     /// Talking to Kafka brokers.
     #[error("{0}")]
     Kafka(String),
+    /// Another writer committed an input this commit consumed (a partition
+    /// moved to another worker, two runs of one pipeline overlapped): the
+    /// commit was refused and the input is to be read again.
+    #[error("{0}")]
+    Conflict(String),
     /// A run that failed while executing, with where in the pipeline.
     #[error("{0}")]
     Run(String),

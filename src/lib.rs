@@ -3,7 +3,8 @@
 //!
 //! Data flows one way through the modules: [`pipeline`] reads a SQL file,
 //! [`engine`] builds the DataFusion session and plans the pipeline against
-//! [`source`] tables, [`featureset`] writes and commits the results, and
+//! [`source`] tables, [`ledger`] keeps what each feature set consumed,
+//! [`featureset`] writes and commits the results, and
 //! [`run`] ties a whole run together. [`demo`] makes sample data and runs
 //! the sample pipelines; [`report`] renders results for people.
 
@@ -11,6 +12,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod featureset;
+pub mod ledger;
 pub mod ops;
 pub mod pipeline;
 pub mod report;

@@ -55,6 +55,11 @@ enum Command {
         /// What started this run, recorded in the lineage.
         #[arg(long, default_value = "manual")]
         trigger: String,
+        /// The pipeline's name in the feature sets' ledgers and lineage
+        /// (default: the file name without .sql). A renamed or copied file
+        /// keeps reading where it stopped under its old name.
+        #[arg(long, value_name = "NAME", value_parser = parse_pipeline_name)]
+        pipeline: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -85,6 +90,10 @@ enum Command {
         /// Recorded in the lineage of every batch.
         #[arg(long, default_value = "stream")]
         trigger: String,
+        /// The pipeline's name in the feature sets' ledgers, lineage and
+        /// consumer group (default: the file name without .sql).
+        #[arg(long, value_name = "NAME", value_parser = parse_pipeline_name)]
+        pipeline: Option<String>,
         /// `text`: a line per committed batch; `json`: a JSON object per line.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -135,6 +144,28 @@ fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("'{text}' is not a size: write it like 65536, 64M or 1G"))
 }
 
+fn parse_pipeline_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains('/') || text.chars().any(char::is_control) {
+        return Err(format!(
+            "'{text}' is not a pipeline name: give a file name without '/'"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// Load a pipeline file, under another name if one was given.
+fn load(
+    file: &std::path::Path,
+    set: Vec<(String, String)>,
+    name: Option<String>,
+) -> Result<Pipeline, Vec<kiln::pipeline::Problem>> {
+    let mut pipeline = Pipeline::load(file, &variables(set))?;
+    if let Some(name) = name {
+        pipeline.name = name;
+    }
+    Ok(pipeline)
+}
+
 fn variables(set: Vec<(String, String)>) -> Variables {
     Variables::from_env(set.into_iter().collect::<BTreeMap<_, _>>())
 }
@@ -178,9 +209,10 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             file,
             set,
             trigger,
+            pipeline,
             output,
         } => {
-            let pipeline = Pipeline::load(&file, &variables(set))?;
+            let pipeline = load(&file, set, pipeline)?;
             let options = RunOptions {
                 trigger,
                 progress: output == Output::Text,
@@ -197,12 +229,13 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             batch_interval,
             shutdown_timeout,
             trigger,
+            pipeline,
             output,
         } => {
             if !allocator::tune_for_streaming() {
                 tracing::debug!("allocator thresholds left at their defaults");
             }
-            let pipeline = Pipeline::load(&file, &variables(set))?;
+            let pipeline = load(&file, set, pipeline)?;
             let options = StreamOptions {
                 batch_rows,
                 batch_bytes,

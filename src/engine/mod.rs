@@ -17,7 +17,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use distinct::SplitDistinctAggregates;
-pub use plan::{PlannedInsert, PlannedPipeline, plan_pipeline};
+pub use plan::{PlannedInsert, PlannedPipeline, list_incremental_files, plan_pipeline};
 pub use range_window::{DailyRangeWindows, KilnQueryPlanner};
 pub use resources::{Resources, parse_bytes};
 

@@ -2,7 +2,7 @@
 //! each INSERT's query and check it against the feature set it writes. This
 //! is all of `kiln check`, and the first half of `kiln run`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, SchemaRef};
@@ -20,11 +20,10 @@ use crate::featureset::{self, Fit, OpenTables};
 use crate::pipeline::{FeatureSetDecl, InsertDecl, Pipeline, Problem, SourceDecl, Statement, StatementKind};
 use crate::source::{FileSourceTable, register_file_source};
 
-/// A file source as planned: its table and how many files it will read.
+/// A file source as planned.
 pub struct PlannedSource {
     pub table: Arc<FileSourceTable>,
     pub incremental: bool,
-    pub new_files: usize,
 }
 
 /// One INSERT, ready to execute.
@@ -35,8 +34,6 @@ pub struct PlannedInsert {
     pub target_schema: SchemaRef,
     /// Whether the query adds columns to the feature set.
     pub add_columns: bool,
-    /// The feature set's version before this run, if it exists.
-    pub base_version: Option<u64>,
 }
 
 pub struct PlannedPipeline {
@@ -44,24 +41,40 @@ pub struct PlannedPipeline {
     pub inserts: Vec<PlannedInsert>,
 }
 
-impl PlannedPipeline {
-    /// True when the pipeline has incremental sources and none of them has
-    /// a file that this pipeline has not committed yet.
-    pub fn nothing_new(&self) -> bool {
-        let incremental: Vec<_> = self.sources.iter().filter(|s| s.incremental).collect();
-        !incremental.is_empty() && incremental.iter().all(|s| s.new_files == 0)
+/// Every file (URL) the incremental sources of `pipeline` would read now.
+pub async fn list_incremental_files(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+) -> Result<BTreeSet<String>, Vec<Problem>> {
+    let mut files = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (stmt, decl) in pipeline.sources().filter(|(_, d)| d.options.incremental) {
+        let listed = match register_file_source(ctx, decl, None).await {
+            Ok(table) => table.list_files(&ctx.state()).await,
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(listed) => files.extend(listed),
+            Err(e) => problems.push(source_problem(pipeline, stmt, decl, &e)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(files)
+    } else {
+        Err(problems)
     }
 }
 
-/// Plan `pipeline` in `ctx`. Every problem found is returned.
+/// Plan `pipeline` in `ctx`; incremental sources read only `files` (URLs)
+/// when given, every file otherwise. Every problem found is returned.
 pub async fn plan_pipeline(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     tables: &OpenTables,
+    files: Option<&BTreeSet<String>>,
 ) -> Result<PlannedPipeline, Vec<Problem>> {
     let mut problems = Vec::new();
 
-    // Feature sets first: incremental sources need their lineage.
     let mut sinks: Vec<(&Statement, &FeatureSetDecl, Option<DeltaTable>)> = Vec::new();
     for (stmt, decl) in pipeline.feature_sets() {
         match tables.latest(&decl.location).await {
@@ -72,27 +85,13 @@ pub async fn plan_pipeline(
             }
         }
     }
-    let targets: HashSet<&str> = pipeline.inserts().map(|(_, i)| i.target.as_str()).collect();
-
-    let mut skip = HashSet::new();
-    if pipeline.sources().any(|(_, d)| d.options.incremental) {
-        for (_, decl, table) in &sinks {
-            if let (true, Some(table)) = (targets.contains(decl.name.as_str()), table) {
-                match featureset::files_read_by(table, &pipeline.name).await {
-                    Ok(files) => skip.extend(files),
-                    Err(e) => problems.push(Problem::at(
-                        &pipeline.file,
-                        pipeline.statements[0].at,
-                        e.to_string(),
-                    )),
-                }
-            }
-        }
-    }
+    // Written by this pipeline (perhaps by an INSERT another pass runs):
+    // a feature set that does not exist yet is not an error.
+    let targets: HashSet<&str> = pipeline.writes.iter().map(String::as_str).collect();
 
     let mut sources = Vec::new();
     for (stmt, decl) in pipeline.sources() {
-        match plan_source(ctx, pipeline, stmt, decl, &skip).await {
+        match plan_source(ctx, pipeline, stmt, decl, files).await {
             Ok(s) => sources.push(s),
             Err(p) => problems.push(p),
         }
@@ -161,14 +160,14 @@ async fn plan_source(
     pipeline: &Pipeline,
     stmt: &Statement,
     decl: &SourceDecl,
-    skip: &HashSet<String>,
+    files: Option<&BTreeSet<String>>,
 ) -> Result<PlannedSource, Problem> {
-    let skip = if decl.options.incremental {
-        skip.clone()
+    let only = if decl.options.incremental {
+        files.cloned()
     } else {
-        HashSet::new()
+        None
     };
-    let table = register_file_source(ctx, decl, skip)
+    let table = register_file_source(ctx, decl, only)
         .await
         .map_err(|e| source_problem(pipeline, stmt, decl, &e))?;
     let files = table
@@ -186,11 +185,9 @@ async fn plan_source(
             ),
         ));
     }
-    let new_files = files.iter().filter(|f| table.is_new(f)).count();
     Ok(PlannedSource {
         table,
         incremental: decl.options.incremental,
-        new_files,
     })
 }
 
@@ -321,7 +318,6 @@ async fn plan_insert(
         df,
         target_schema,
         add_columns,
-        base_version,
     })
 }
 

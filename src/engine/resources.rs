@@ -47,7 +47,7 @@ pub fn parse_bytes(text: &str) -> Option<usize> {
         'G' => (&t[..t.len() - 1], 1 << 30),
         _ => (t, 1),
     };
-    digits.trim().parse::<usize>().ok().map(|n| n * mult)
+    digits.trim().parse::<usize>().ok()?.checked_mul(mult)
 }
 
 fn cgroup_memory_limit() -> Option<usize> {
@@ -84,6 +84,9 @@ mod tests {
         assert_eq!(parse_bytes("2g"), Some(2 << 30));
         assert_eq!(parse_bytes("1000"), Some(1000));
         assert_eq!(parse_bytes("lots"), None);
+        // Too large to hold: refused, not wrapped around.
+        assert_eq!(parse_bytes("99999999999999999999G"), None);
+        assert_eq!(parse_bytes(&format!("{}G", usize::MAX >> 20)), None);
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct Lineage {
     /// Every Kafka offset range the run read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kafka: Vec<KafkaInput>,
+    /// Offsets the topic's retention deleted before this pipeline read them,
+    /// skipped under `'on_data_loss' 'skip'`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<LostRange>,
     pub rows_written: u64,
     pub columns: Vec<ColumnStats>,
 }
@@ -48,6 +52,15 @@ pub struct KafkaInput {
     /// Records read, and of those the ones sent to the dead letters.
     pub records: u64,
     pub bad_records: u64,
+}
+
+/// Offsets `from..to` of one topic-partition that were never read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostRange {
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

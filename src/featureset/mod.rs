@@ -17,15 +17,16 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableBuilder};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
 use crate::error::{Context, KilnError, Result};
+use crate::ledger::{self, ReadInput};
 use crate::pipeline::SinkMode;
 
 pub use dead_letters::{DeadLetter, dead_letter_batch, dead_letter_location, dead_letter_schema};
 pub use history::{VersionDetail, VersionInfo, files_read_by, version_detail, version_info, versions};
-pub use lineage::{ColumnStats, InputFile, KafkaInput, LINEAGE_KEY, Lineage};
+pub use lineage::{ColumnStats, InputFile, KafkaInput, LINEAGE_KEY, Lineage, LostRange};
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
 pub use tables::OpenTables;
@@ -102,15 +103,14 @@ pub struct StagedWrite {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub add_columns: bool,
-    /// Whether the feature set existed when the run was planned.
-    pub exists: bool,
     pub lineage: Lineage,
-    /// Application transactions (Kafka positions) committed with the data.
+    /// The input ledger's `txn` actions (Kafka positions, files read),
+    /// committed with the data.
     pub transactions: Vec<Transaction>,
-    /// The version the positions in `transactions` were read at: the commit
-    /// is checked against every commit since, so two writers of one
-    /// position cannot both succeed. None: the latest.
-    pub read_version: Option<u64>,
+    /// The inputs whose positions the transactions move on, each with the
+    /// version its position was read at: the commit is refused if a commit
+    /// since wrote one of them (see [`ledger::conflict`]).
+    pub inputs: Vec<ReadInput>,
 }
 
 impl StagedWrite {
@@ -120,7 +120,8 @@ impl StagedWrite {
 }
 
 /// Commit one staged write as one new version; returns the version, and
-/// leaves the new state in `tables`.
+/// leaves the new state in `tables`. A commit whose inputs another writer
+/// consumed since they were read fails with [`KilnError::Conflict`].
 pub async fn commit(staged: StagedWrite, tables: &OpenTables) -> Result<u64> {
     let url = table_url(&staged.location)?;
     if url.scheme() == "file" {
@@ -131,14 +132,17 @@ pub async fn commit(staged: StagedWrite, tables: &OpenTables) -> Result<u64> {
             .map_err(|e| KilnError::Io(format!("creating {}: {e}", dir.display())))?;
     }
     let context = || format!("opening feature set '{}' at '{}'", staged.name, staged.location);
-    // A new feature set is created by its first write; loading it first
-    // would only fail (and log) for the missing log.
-    let table = if staged.read_version.is_some() || staged.exists {
-        tables.at(&staged.location, staged.read_version).await?
-    } else {
-        DeltaTableBuilder::from_url(url)
+    let latest = tables.latest(&staged.location).await?;
+    if let Some(table) = &latest {
+        ledger::check_since(table, &staged.name, &staged.inputs).await?;
+    }
+    let new_table = latest.is_none();
+    // A new feature set is created by its first write.
+    let table = match latest {
+        Some(table) => table,
+        None => DeltaTableBuilder::from_url(url)
             .and_then(|b| b.build())
-            .context(context)?
+            .context(context)?,
     };
     let batches = if staged.batches.is_empty() {
         // Overwrite with no rows still commits: the new snapshot is empty.
@@ -148,6 +152,15 @@ pub async fn commit(staged: StagedWrite, tables: &OpenTables) -> Result<u64> {
     };
     let lineage = serde_json::to_value(&staged.lineage)?;
     let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut properties = CommitProperties::default()
+        .with_metadata([(LINEAGE_KEY.to_string(), lineage)])
+        .with_application_transactions(staged.transactions);
+    if new_table {
+        // Had another writer created the table meanwhile, delta-rs would
+        // commit on top of it unchecked; fail instead, and check against
+        // its commits on the next try.
+        properties = properties.with_max_retries(0);
+    }
     let mut write = table
         .write(batches)
         .with_writer_properties(encoding::writer_properties(rows))
@@ -155,20 +168,13 @@ pub async fn commit(staged: StagedWrite, tables: &OpenTables) -> Result<u64> {
             SinkMode::Append => SaveMode::Append,
             SinkMode::Overwrite => SaveMode::Overwrite,
         })
-        .with_commit_properties(
-            CommitProperties::default()
-                .with_metadata([(LINEAGE_KEY.to_string(), lineage)])
-                .with_application_transactions(staged.transactions),
-        );
+        .with_commit_properties(properties);
     if staged.add_columns {
         write = write.with_schema_mode(SchemaMode::Merge);
     }
-    let table = write.await.context(|| {
-        format!(
-            "committing feature set '{}' at '{}'",
-            staged.name, staged.location
-        )
-    })?;
+    let table = write
+        .await
+        .map_err(|e| commit_error(e, &staged.name, &staged.location, new_table))?;
     tables.remember(&staged.location, &table)?;
     table.version().ok_or_else(|| {
         KilnError::Io(format!(
@@ -178,20 +184,31 @@ pub async fn commit(staged: StagedWrite, tables: &OpenTables) -> Result<u64> {
     })
 }
 
+fn commit_error(e: DeltaTableError, name: &str, location: &str, new_table: bool) -> KilnError {
+    use deltalake::kernel::transaction::TransactionError;
+    match e {
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(conflict),
+        } => KilnError::Conflict(format!(
+            "feature set '{name}' at '{location}': another writer committed first ({conflict})"
+        )),
+        DeltaTableError::Transaction {
+            source: TransactionError::MaxCommitAttempts(_) | TransactionError::VersionAlreadyExists(_),
+        } if new_table => KilnError::Conflict(format!(
+            "feature set '{name}' at '{location}' was created by another writer during this run"
+        )),
+        source => KilnError::Delta {
+            context: format!("committing feature set '{name}' at '{location}'"),
+            source,
+        },
+    }
+}
+
 /// True when a commit failed because another writer committed the same
-/// Kafka positions first (a partition moved to another worker mid-batch).
+/// inputs first (a partition moved to another worker mid-batch, two runs
+/// overlapped): the inputs are to be read again from the ledger.
 pub fn lost_position_race(e: &KilnError) -> bool {
-    use deltalake::DeltaTableError;
-    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
-    matches!(
-        e,
-        KilnError::Delta {
-            source: DeltaTableError::Transaction {
-                source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction)
-            },
-            ..
-        }
-    )
+    matches!(e, KilnError::Conflict(_))
 }
 
 /// A feature set as a read-only table (pinned to `version`, or the latest)

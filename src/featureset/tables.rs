@@ -115,7 +115,7 @@ mod tests {
     use crate::featureset::{Lineage, StagedWrite, commit};
     use crate::pipeline::SinkMode;
 
-    fn write(location: &str, exists: bool, read_version: Option<u64>) -> StagedWrite {
+    fn write(location: &str) -> StagedWrite {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
         let batch =
             RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
@@ -126,7 +126,6 @@ mod tests {
             schema,
             batches: vec![batch],
             add_columns: false,
-            exists,
             lineage: Lineage {
                 pipeline: "p".into(),
                 sql_sha256: String::new(),
@@ -136,11 +135,12 @@ mod tests {
                 mode: "append".into(),
                 inputs: Vec::new(),
                 kafka: Vec::new(),
+                lost: Vec::new(),
                 rows_written: 3,
                 columns: Vec::new(),
             },
             transactions: Vec::new(),
-            read_version,
+            inputs: Vec::new(),
         }
     }
 
@@ -150,11 +150,11 @@ mod tests {
         let location = dir.path().join("fs").display().to_string();
         let ours = OpenTables::default();
         assert!(ours.latest(&location).await.unwrap().is_none());
-        assert_eq!(commit(write(&location, false, None), &ours).await.unwrap(), 0);
+        assert_eq!(commit(write(&location), &ours).await.unwrap(), 0);
 
         // Another worker commits; ours reads only that commit, and sees it.
         let theirs = OpenTables::default();
-        assert_eq!(commit(write(&location, true, None), &theirs).await.unwrap(), 1);
+        assert_eq!(commit(write(&location), &theirs).await.unwrap(), 1);
         assert_eq!(ours.latest(&location).await.unwrap().unwrap().version(), Some(1));
 
         // An older version is loaded on its own and does not replace the latest.
@@ -162,7 +162,7 @@ mod tests {
         assert_eq!(ours.at(&location, None).await.unwrap().version(), Some(1));
 
         // A commit made against the held version moves it on.
-        assert_eq!(commit(write(&location, true, Some(1)), &ours).await.unwrap(), 2);
+        assert_eq!(commit(write(&location), &ours).await.unwrap(), 2);
         assert_eq!(theirs.at(&location, Some(2)).await.unwrap().version(), Some(2));
         let missing = ours.at(&location, Some(7)).await.unwrap_err().to_string();
         assert!(missing.contains("no version 7"), "{missing}");

@@ -12,7 +12,8 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 use sha2::{Digest, Sha256};
 
 pub use options::{
-    BadRecordLimit, FeatureSetOptions, KafkaFormat, KafkaOptions, SinkMode, SourceOptions, StartAt,
+    BadRecordLimit, FeatureSetOptions, KafkaFormat, KafkaOptions, OnDataLoss, SinkMode, SourceOptions,
+    StartAt,
 };
 pub use parse::{FeatureSetDecl, InsertDecl, KafkaSourceDecl, SourceDecl, StatementKind};
 pub use problem::{Position, Problem};
@@ -41,6 +42,9 @@ pub struct Pipeline {
     /// sha256 of `sql`, hex.
     pub sql_sha256: String,
     pub statements: Vec<Statement>,
+    /// Every feature set the file's INSERTs write, also after
+    /// [`Pipeline::only_inserts_into`] kept some of them.
+    pub writes: Vec<String>,
     map: SourceMap,
 }
 
@@ -67,12 +71,20 @@ impl Pipeline {
             .unwrap_or_else(|| "pipeline".to_string());
         let statements = parse::parse_statements(file, &substituted.text, &substituted.map)?;
         let sql_sha256 = hex(&Sha256::digest(substituted.text.as_bytes()));
+        let writes = statements
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StatementKind::Insert(i) => Some(i.target.clone()),
+                _ => None,
+            })
+            .collect();
         Ok(Self {
             name,
             file: file.to_string(),
             sql: substituted.text,
             sql_sha256,
             statements,
+            writes,
             map: substituted.map,
         })
     }

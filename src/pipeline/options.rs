@@ -187,6 +187,18 @@ pub enum StartAt {
     Latest,
 }
 
+/// What a run does when a feature set's position in a partition is older
+/// than the oldest offset the broker still keeps (retention deleted records
+/// it never read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDataLoss {
+    /// Fail, naming the partition and the lost range.
+    #[default]
+    Fail,
+    /// Record the lost range in the lineage and go on from the oldest offset.
+    Skip,
+}
+
 /// How many undecodable records a run tolerates before it fails.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum BadRecordLimit {
@@ -218,6 +230,7 @@ impl std::fmt::Display for BadRecordLimit {
 #[derive(Debug, Clone, PartialEq)]
 pub struct KafkaOptions {
     pub start: StartAt,
+    pub on_data_loss: OnDataLoss,
     /// None: every bad record goes to the dead letters and the run goes on.
     pub max_bad_records: Option<BadRecordLimit>,
     /// Values longer than this are bad records, not rows.
@@ -235,6 +248,7 @@ impl KafkaOptions {
     pub fn parse(options: &[(String, Value)]) -> Result<Self, OptionError> {
         let mut parsed = KafkaOptions {
             start: StartAt::default(),
+            on_data_loss: OnDataLoss::default(),
             max_bad_records: None,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             dead_letter_topic: None,
@@ -255,6 +269,13 @@ impl KafkaOptions {
                         "earliest" => StartAt::Earliest,
                         "latest" => StartAt::Latest,
                         _ => return Err(bad("'earliest' or 'latest'")),
+                    }
+                }
+                "on_data_loss" => {
+                    parsed.on_data_loss = match text.to_ascii_lowercase().as_str() {
+                        "fail" => OnDataLoss::Fail,
+                        "skip" => OnDataLoss::Skip,
+                        _ => return Err(bad("'fail' or 'skip'")),
                     }
                 }
                 "max.bad.records" => {

@@ -60,7 +60,7 @@ pub async fn check_paths(paths: &[PathBuf], vars: &Variables, resources: &Resour
                     })?;
                     let mut problems = super::kafka::register_unread(&ctx, &pipeline).await;
                     problems.extend(
-                        engine::plan_pipeline(&ctx, &pipeline, &OpenTables::default())
+                        engine::plan_pipeline(&ctx, &pipeline, &OpenTables::default(), None)
                             .await
                             .err()
                             .unwrap_or_default(),

@@ -29,7 +29,7 @@ pub async fn explain_pipeline(
     if !problems.is_empty() {
         return Err(KilnError::Problems(problems));
     }
-    let planned = engine::plan_pipeline(&ctx, pipeline, &OpenTables::default())
+    let planned = engine::plan_pipeline(&ctx, pipeline, &OpenTables::default(), None)
         .await
         .map_err(KilnError::Problems)?;
     let mut out = Vec::new();

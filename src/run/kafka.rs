@@ -1,26 +1,21 @@
-//! The Kafka side of a bounded run: which offsets it reads for which
-//! feature sets, reading them, and reporting progress back to the group.
-//!
-//! Every feature set an INSERT writes records, per topic-partition, the
-//! next offset it needs. Normally they all agree and the run reads from
-//! there to the high watermark seen at its start. They disagree only when a
-//! run stopped between two commits (Delta has no multi-table transaction) or
-//! an INSERT was added later; then the lagging feature sets first run alone
-//! up to where the others stand, so no feature set sees a record twice.
+//! The Kafka side of a run: where each feature set starts, reading the
+//! ranges, slicing them for feature sets that stand apart, dead letters,
+//! and reporting progress back to the consumer group.
 
 use std::collections::BTreeMap;
 
 use datafusion::prelude::SessionContext;
-use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{KilnError, Result};
 use crate::featureset::{self, DeadLetter, KafkaInput, OpenTables};
-use crate::pipeline::{Pipeline, Problem, StartAt};
-use crate::source::kafka::positions::{self, Positions};
-use crate::source::kafka::{KafkaSource, PartitionRange, PartitionRead, TopicPartition, read};
+use crate::ledger::plan::{self, Start};
+use crate::ledger::{self, Ledger, Positions};
+use crate::pipeline::{Pipeline, Problem};
+pub use crate::source::kafka::KafkaSource;
+use crate::source::kafka::{PartitionRange, PartitionRead, TopicPartition, read};
 
 /// Check every Kafka source of `pipeline` (no broker is contacted).
 pub async fn prepare(
@@ -66,150 +61,45 @@ async fn prepare_each(ctx: &SessionContext, pipeline: &Pipeline) -> (Vec<KafkaSo
     (sources, problems)
 }
 
-/// What one pass of a run reads, and for which feature sets.
-#[derive(Debug)]
-pub struct Scope {
-    /// The feature sets this pass commits.
-    pub targets: Vec<String>,
-    /// Per source (by name), its ranges.
-    pub ranges: BTreeMap<String, Vec<PartitionRange>>,
-    /// True when this pass only brings lagging feature sets level.
-    pub catch_up: bool,
-    /// Some target has never recorded a position: commit even if empty, so
-    /// that a `'start' 'latest'` position is kept.
-    pub first_positions: bool,
-    /// Per feature set, the version its positions were read at.
-    pub read_versions: BTreeMap<String, u64>,
-}
-
-impl Scope {
-    pub fn nothing_to_read(&self) -> bool {
-        self.ranges.values().flatten().all(PartitionRange::is_empty)
-    }
-}
-
-/// Decide the next pass of a run over `targets` (feature set name, its table
-/// if it exists).
-pub async fn scope(
-    pipeline: &Pipeline,
-    sources: &[KafkaSource],
-    targets: &[(String, Option<DeltaTable>)],
-) -> Result<Scope> {
-    let read_versions = targets
-        .iter()
-        .filter_map(|(name, table)| Some((name.clone(), table.as_ref()?.version()?)))
-        .collect();
-    // Where every target stands, per source and topic-partition.
-    let mut standing: Vec<(String, BTreeMap<String, Positions>)> = Vec::new();
-    let mut marks_by_source = BTreeMap::new();
-    let mut first_positions = false;
+/// Every partition of every source's topics with its low and high
+/// watermarks now, per source.
+pub async fn watermarks(sources: &[KafkaSource]) -> Result<BTreeMap<String, Watermarks>> {
+    let mut out = BTreeMap::new();
     for source in sources {
         let marks = read::watermarks(&source.client, &source.decl.topics).await?;
-        let partitions: Vec<TopicPartition> = marks.keys().cloned().collect();
-        for (name, table) in targets {
-            let recorded = match table {
-                Some(t) => positions::recorded(t, &pipeline.name, &partitions).await?,
-                None => Positions::new(),
-            };
-            let mut at = Positions::new();
-            for (tp, &(low, high)) in &marks {
-                let position = match recorded.get(tp) {
-                    Some(&p) if p < low => {
-                        tracing::warn!(
-                            feature_set = %name, partition = %tp, position = p, earliest = low,
-                            "offsets {p}..{low} were deleted by the topic's retention before this pipeline read them"
-                        );
-                        low
-                    }
-                    Some(&p) => p,
-                    None => {
-                        first_positions = true;
-                        match source.decl.options.start {
-                            StartAt::Earliest => low,
-                            StartAt::Latest => high,
-                        }
-                    }
-                };
-                at.insert(tp.clone(), position);
-            }
-            match standing.iter_mut().find(|(n, _)| n == name) {
-                Some((_, by_source)) => {
-                    by_source.insert(source.decl.name.clone(), at);
-                }
-                None => standing.push((name.clone(), BTreeMap::from([(source.decl.name.clone(), at)]))),
-            }
-        }
-        marks_by_source.insert(source.decl.name.clone(), marks);
+        out.insert(source.decl.name.clone(), marks);
     }
+    Ok(out)
+}
 
-    // Targets standing at the same place run together.
-    let mut groups: Vec<(BTreeMap<String, Positions>, Vec<String>)> = Vec::new();
-    for (name, at) in standing {
-        match groups.iter_mut().find(|(g, _)| *g == at) {
-            Some((_, names)) => names.push(name),
-            None => groups.push((at, vec![name])),
-        }
-    }
-    let ranges_to = |from: &BTreeMap<String, Positions>, to: &dyn Fn(&str, &TopicPartition) -> i64| {
-        from.iter()
-            .map(|(source, at)| {
-                let ranges = at
-                    .iter()
-                    .map(|(tp, &p)| PartitionRange {
-                        topic: tp.topic.clone(),
-                        partition: tp.partition,
-                        from: p,
-                        to: to(source, tp).max(p),
-                    })
-                    .collect();
-                (source.clone(), ranges)
-            })
-            .collect::<BTreeMap<_, _>>()
-    };
-    if groups.len() <= 1 {
-        let (at, targets) = groups.pop().unwrap_or_default();
-        let ranges = ranges_to(&at, &|source, tp| marks_by_source[source][tp].1);
-        return Ok(Scope {
-            targets,
-            ranges,
-            catch_up: false,
-            first_positions,
-            read_versions,
-        });
-    }
-    let behind = |a: &BTreeMap<String, Positions>, b: &BTreeMap<String, Positions>| {
-        a.iter().all(|(source, at)| {
-            at.iter()
-                .all(|(tp, p)| b.get(source).and_then(|x| x.get(tp)).is_none_or(|q| p <= q))
-        })
-    };
-    let Some(lowest) = groups
+/// Low and high watermark per partition.
+pub type Watermarks = BTreeMap<TopicPartition, (i64, i64)>;
+
+/// Where `feature_set` starts in each partition of `source`, from its
+/// ledger's positions (a [`Problem`]-free error names the partition and
+/// the lost range when retention got there first).
+pub fn starts(
+    feature_set: &str,
+    source: &KafkaSource,
+    recorded: &Positions,
+    marks: &Watermarks,
+) -> Result<BTreeMap<TopicPartition, Start>> {
+    marks
         .iter()
-        .position(|(at, _)| groups.iter().all(|(other, _)| behind(at, other)))
-    else {
-        let described: Vec<String> = groups.iter().map(|(_, names)| names.join(", ")).collect();
-        return Err(KilnError::Run(format!(
-            "the feature sets of pipeline '{}' stand at Kafka positions that cannot be brought level \
-             (each ahead of the other somewhere): {}; run them from separate pipelines",
-            pipeline.name,
-            described.join(" / ")
-        )));
-    };
-    let (at, targets) = groups.swap_remove(lowest);
-    let level = |source: &str, tp: &TopicPartition| {
-        groups
-            .iter()
-            .filter_map(|(other, _)| other.get(source).and_then(|x| x.get(tp)).copied())
-            .min()
-            .unwrap_or(i64::MAX)
-    };
-    Ok(Scope {
-        targets,
-        ranges: ranges_to(&at, &level),
-        catch_up: true,
-        first_positions,
-        read_versions,
-    })
+        .map(|(tp, &m)| {
+            let options = &source.decl.options;
+            plan::start_position(
+                feature_set,
+                tp,
+                recorded.get(tp).copied(),
+                m,
+                options.start,
+                options.on_data_loss,
+            )
+            .map(|s| (tp.clone(), s))
+            .map_err(KilnError::Kafka)
+        })
+        .collect()
 }
 
 /// What a pass read from one source.
@@ -281,20 +171,28 @@ impl SourceReads {
     }
 }
 
-/// Read every source's ranges and register the sources in `ctx`.
-pub async fn read_and_register(
-    ctx: &SessionContext,
+/// Read, per source, every partition from `from` to the high watermark in
+/// `ends`.
+pub async fn read_all(
     sources: &[KafkaSource],
-    scope: &Scope,
+    from: &Positions,
+    ends: &BTreeMap<String, Watermarks>,
 ) -> Result<Vec<SourceReads>> {
     let mut out = Vec::new();
     for source in sources {
-        let ranges = scope.ranges.get(&source.decl.name).cloned().unwrap_or_default();
+        let ranges = ends[&source.decl.name]
+            .iter()
+            .map(|(tp, &(low, high))| {
+                let start = from.get(tp).copied().unwrap_or(low);
+                PartitionRange {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    from: start,
+                    to: high.max(start),
+                }
+            })
+            .collect();
         let reads = read::read_ranges(&source.client, &source.decoder, ranges).await?;
-        let partitions = reads.iter().map(|r| r.batches.clone()).collect();
-        source
-            .register(ctx, partitions)
-            .map_err(|e| KilnError::Run(format!("registering source '{}': {e}", source.decl.name)))?;
         out.push(SourceReads {
             source: source.clone(),
             reads,
@@ -303,10 +201,36 @@ pub async fn read_and_register(
     Ok(out)
 }
 
+/// What a feature set standing at `at` has not consumed of `reads`.
+pub fn slice_from(reads: &[SourceReads], at: &Positions) -> Vec<SourceReads> {
+    reads
+        .iter()
+        .map(|r| SourceReads {
+            source: r.source.clone(),
+            reads: r
+                .reads
+                .iter()
+                .map(|p| p.slice_from(at.get(&p.range.tp()).copied().unwrap_or(p.range.from)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Register every source's reads in `ctx`, one partition per topic-partition.
+pub fn register(ctx: &SessionContext, reads: &[SourceReads]) -> Result<()> {
+    for r in reads {
+        let partitions = r.reads.iter().map(|p| p.batches.clone()).collect();
+        r.source
+            .register(ctx, partitions)
+            .map_err(|e| KilnError::Run(format!("registering source '{}': {e}", r.source.decl.name)))?;
+    }
+    Ok(())
+}
+
 /// The `txn` actions recording every range of `reads` for `pipeline`.
 pub fn transactions(pipeline: &str, reads: &[SourceReads]) -> Vec<Transaction> {
     let ranges: Vec<PartitionRange> = reads.iter().flat_map(SourceReads::ranges).collect();
-    positions::transactions(pipeline, &ranges)
+    ledger::kafka_transactions(pipeline, &ranges)
 }
 
 /// Fail before anything commits when a source's bad records pass its
@@ -339,27 +263,11 @@ pub fn check_bad_record_limits(reads: &[SourceReads]) -> Result<()> {
     Ok(())
 }
 
-/// Where a feature set's dead-letter table stands, per topic-partition;
-/// None when the table does not exist yet.
-pub async fn dead_letter_positions(
-    tables: &OpenTables,
-    pipeline: &str,
-    location: &str,
-    reads: &[SourceReads],
-) -> Result<Option<Positions>> {
-    let Some(table) = tables.latest(&featureset::dead_letter_location(location)).await? else {
-        return Ok(None);
-    };
-    let partitions: Vec<TopicPartition> = reads
-        .iter()
-        .flat_map(|r| {
-            r.reads.iter().map(|p| TopicPartition {
-                topic: p.range.topic.clone(),
-                partition: p.range.partition,
-            })
-        })
-        .collect();
-    positions::recorded(&table, pipeline, &partitions).await.map(Some)
+/// Where a feature set's dead-letter table stands for `pipeline`, and the
+/// version that was read at (None: the table does not exist yet).
+pub async fn dead_letter_ledger(tables: &OpenTables, pipeline: &str, location: &str) -> Result<Ledger> {
+    let table = tables.latest(&featureset::dead_letter_location(location)).await?;
+    ledger::read(table.as_ref(), pipeline).await
 }
 
 /// Send the bad records of sources with `'dead_letter.topic'` to that topic,
@@ -376,10 +284,10 @@ pub async fn send_to_dead_letter_topics(pipeline: &str, run_id: &str, reads: &[S
             continue;
         }
         sent += letters.len() as u64;
-        let client = r.source.client.clone();
+        let config = dead_letter_producer_config(&r.source.decl.options.client);
         let (topic, pipeline, run_id) = (topic.to_string(), pipeline.to_string(), run_id.to_string());
         tokio::task::spawn_blocking(move || {
-            produce_dead_letters(&client, &topic, &pipeline, &run_id, &letters)
+            produce_dead_letters(config, &topic, &pipeline, &run_id, &letters)
         })
         .await
         .map_err(|e| KilnError::Io(format!("Kafka producer thread failed: {e}")))??;
@@ -387,8 +295,39 @@ pub async fn send_to_dead_letter_topics(pipeline: &str, run_id: &str, reads: &[S
     Ok(sent)
 }
 
+/// The producer settings for a source's dead-letter topic: the source's
+/// own connection and security properties as the pipeline gave them, less
+/// its consumer ones. Built from the declared values, not from the
+/// consumer's configuration, whose secrets librdkafka hands back masked.
+fn dead_letter_producer_config(client: &[(String, String)]) -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    for (key, value) in client {
+        let key = key.as_str();
+        if !matches!(
+            key,
+            "group.id"
+                | "group.instance.id"
+                | "enable.auto.commit"
+                | "enable.auto.offset.store"
+                | "enable.partition.eof"
+        ) && !key.starts_with("receive.")
+            && !key.starts_with("fetch.")
+            && !key.starts_with("auto.")
+            && !key.starts_with("partition.assignment")
+            && !key.starts_with("session.")
+            && !key.starts_with("heartbeat.")
+            && !key.starts_with("max.poll")
+            && !key.starts_with("isolation.")
+        {
+            config.set(key, value);
+        }
+    }
+    config.set("enable.idempotence", "true");
+    config
+}
+
 fn produce_dead_letters(
-    client: &rdkafka::ClientConfig,
+    config: rdkafka::ClientConfig,
     topic: &str,
     pipeline: &str,
     run_id: &str,
@@ -400,22 +339,7 @@ fn produce_dead_letters(
     let failed = |e: rdkafka::error::KafkaError| {
         KilnError::Kafka(format!("sending bad records to dead-letter topic '{topic}': {e}"))
     };
-    let mut config = rdkafka::ClientConfig::new();
-    // The source's connection and security settings, without its consumer ones.
-    for (key, value) in client.config_map() {
-        if !matches!(
-            key,
-            "group.id" | "enable.auto.commit" | "enable.auto.offset.store" | "enable.partition.eof"
-        ) && !key.starts_with("receive.")
-            && !key.starts_with("fetch.")
-        {
-            config.set(key, value);
-        }
-    }
-    let producer: BaseProducer = config
-        .set("enable.idempotence", "true")
-        .create()
-        .map_err(failed)?;
+    let producer: BaseProducer = config.create().map_err(failed)?;
     for letter in letters {
         let (partition, offset) = (letter.partition.to_string(), letter.offset.to_string());
         let headers = [
@@ -489,5 +413,39 @@ pub async fn report_to_groups(reads: &[SourceReads]) {
                 tracing::warn!(group = %group, error = %e, "could not commit offsets to the consumer group")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dead_letter_producer_keeps_the_declared_secrets() {
+        let declared: Vec<(String, String)> = [
+            ("bootstrap.servers", "b:9092"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "kiln"),
+            ("sasl.password", "p'a$$word"),
+            ("group.id", "g"),
+            ("fetch.max.bytes", "1000"),
+            ("auto.offset.reset", "error"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = dead_letter_producer_config(&declared);
+        // librdkafka hands secrets back masked from a client's config_map;
+        // the producer must get the real value.
+        assert_eq!(config.get("sasl.password"), Some("p'a$$word"));
+        assert_eq!(config.get("sasl.username"), Some("kiln"));
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("group.id"), None);
+        assert_eq!(config.get("fetch.max.bytes"), None);
+        assert_eq!(config.get("auto.offset.reset"), None);
+        // And it is a configuration librdkafka accepts for a producer.
+        let made: rdkafka::error::KafkaResult<rdkafka::producer::BaseProducer> = config.create();
+        assert!(made.is_ok(), "{:?}", made.err());
     }
 }

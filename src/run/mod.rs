@@ -1,9 +1,12 @@
-//! A bounded run: plan, execute every INSERT, then commit each feature set.
+//! A bounded run: read what each feature set consumed, plan, execute every
+//! INSERT, then commit each feature set.
 //!
-//! Nothing is committed until every query has run to completion, so a
-//! failure anywhere in execution leaves every feature set as it was. The
-//! commits themselves are one Delta commit per feature set, made in the
-//! order of the INSERTs (Delta has no multi-table transaction).
+//! Nothing is committed until every query of a pass has run to completion,
+//! so a failure anywhere in execution leaves every feature set as it was.
+//! The commits themselves are one Delta commit per feature set, made in the
+//! order of the INSERTs (Delta has no multi-table transaction); a feature
+//! set left behind by a failure between two commits is brought level by
+//! the next run (see [`crate::ledger::plan`]).
 
 mod check;
 mod explain;
@@ -11,6 +14,7 @@ pub(crate) mod kafka;
 mod progress;
 mod stream;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -18,8 +22,13 @@ use serde::Serialize;
 
 use crate::engine::{self, PlannedInsert, PlannedPipeline, Resources};
 use crate::error::{Context, KilnError, Result};
-use crate::featureset::{self, InputFile, KafkaInput, Lineage, OpenTables, StagedWrite, StatsCollector};
+use crate::featureset::{
+    self, InputFile, KafkaInput, Lineage, LostRange, OpenTables, StagedWrite, StatsCollector,
+};
+use crate::ledger::plan::{self, Group, Standing};
+use crate::ledger::{self, ReadInput};
 use crate::pipeline::{Pipeline, SinkMode};
+use crate::source::kafka::{PartitionRange, TopicPartition};
 
 pub use check::{CheckReport, check_paths};
 pub use explain::{InsertPlan, explain_pipeline};
@@ -82,21 +91,24 @@ impl RunSummary {
         self.feature_sets.iter().filter(|o| o.version.is_some()).count()
     }
 
-    /// Fold a later pass of the same run into this one.
-    fn merge(&mut self, later: RunSummary) {
-        self.elapsed_ms = later.elapsed_ms;
-        self.input_files += later.input_files;
-        self.feature_sets.extend(later.feature_sets);
-        match (&mut self.kafka, later.kafka) {
-            (Some(k), Some(l)) => {
-                k.records += l.records;
-                k.bad_records += l.bad_records;
-                k.ranges.extend(l.ranges);
-            }
-            (k, l) => *k = k.take().or(l),
+    /// Keep what happened to one feature set: a later commit replaces an
+    /// earlier outcome, a later skip does not.
+    fn record(&mut self, outcome: SinkOutcome) {
+        match self
+            .feature_sets
+            .iter_mut()
+            .find(|o| o.feature_set == outcome.feature_set)
+        {
+            Some(earlier) if outcome.version.is_some() || earlier.version.is_none() => *earlier = outcome,
+            Some(_) => {}
+            None => self.feature_sets.push(outcome),
         }
     }
 }
+
+/// A lost race (another run or worker consumed the same input first) is
+/// planned again from the ledger this many times before the run fails.
+const MAX_CONFLICT_RETRIES: u32 = 5;
 
 /// Run `pipeline` once.
 pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<RunSummary> {
@@ -107,51 +119,42 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
     let kafka_sources = kafka::prepare(&ctx, pipeline)
         .await
         .map_err(KilnError::Problems)?;
-    if kafka_sources.is_empty() {
-        return run_pass(&ctx, pipeline, options, &tables, &run_id, started, None).await;
-    }
-    let mut summary: Option<RunSummary> = None;
+    // Every attempt reads up to the ends seen when the run started, so a
+    // run over a live topic ends.
+    let ends = kafka::watermarks(&kafka_sources).await?;
+    let mut summary = RunSummary {
+        pipeline: pipeline.name.clone(),
+        file: pipeline.file.clone(),
+        run_id: run_id.clone(),
+        elapsed_ms: 0,
+        input_files: 0,
+        kafka: None,
+        feature_sets: Vec::new(),
+    };
+    let mut conflicts = 0;
     loop {
-        let mut targets = Vec::new();
-        for (_, insert) in pipeline.inserts() {
-            let decl = pipeline
-                .feature_set(&insert.target)
-                .expect("inserts target declared feature sets (checked when parsed)");
-            if !targets.iter().any(|(n, _)| n == &decl.name) {
-                targets.push((decl.name.clone(), tables.latest(&decl.location).await?));
-            }
-        }
-        let scope = kafka::scope(pipeline, &kafka_sources, &targets).await?;
-        let pass_pipeline = if scope.catch_up {
-            tracing::info!(feature_sets = ?scope.targets, "bringing feature sets level with the others first");
-            pipeline.only_inserts_into(&scope.targets)
-        } else {
-            pipeline.clone()
-        };
-        let ctx = session(options)?;
-        let reads = kafka::read_and_register(&ctx, &kafka_sources, &scope).await?;
-        let catch_up = scope.catch_up;
-        let pass = KafkaPass { scope, reads };
-        let done = run_pass(
-            &ctx,
-            &pass_pipeline,
+        let attempt = Attempt {
+            pipeline,
             options,
-            &tables,
-            &run_id,
+            tables: &tables,
+            run_id: &run_id,
             started,
-            Some(&pass),
-        )
-        .await?;
-        kafka::report_to_groups(&pass.reads).await;
-        summary = Some(match summary {
-            None => done,
-            Some(mut earlier) => {
-                earlier.merge(done);
-                earlier
+            kafka_sources: &kafka_sources,
+            ends: &ends,
+        };
+        match attempt.run(&mut summary).await {
+            Ok(()) => {
+                summary.elapsed_ms = started.elapsed().as_millis();
+                return Ok(summary);
             }
-        });
-        if !catch_up {
-            return Ok(summary.expect("set above"));
+            Err(e) if featureset::lost_position_race(&e) && conflicts < MAX_CONFLICT_RETRIES => {
+                conflicts += 1;
+                let wait = std::time::Duration::from_millis(200 * 2u64.pow(conflicts));
+                tracing::warn!(error = %e, attempt = conflicts, wait_ms = wait.as_millis() as u64,
+                    "another writer consumed the same input first; planning again from the feature sets");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -160,10 +163,192 @@ fn session(options: &RunOptions) -> Result<datafusion::prelude::SessionContext> 
     engine::session(&options.resources).context(|| "creating the query session".to_string())
 }
 
-/// The Kafka records one pass of a run read.
-struct KafkaPass {
-    scope: kafka::Scope,
-    reads: Vec<kafka::SourceReads>,
+/// One try at a bounded run: read the ledgers, plan, read the inputs once,
+/// then run and commit each group of feature sets.
+struct Attempt<'a> {
+    pipeline: &'a Pipeline,
+    options: &'a RunOptions,
+    tables: &'a OpenTables,
+    run_id: &'a str,
+    started: Instant,
+    kafka_sources: &'a [kafka::KafkaSource],
+    ends: &'a BTreeMap<String, kafka::Watermarks>,
+}
+
+impl Attempt<'_> {
+    async fn run(&self, summary: &mut RunSummary) -> Result<()> {
+        let pipeline = self.pipeline;
+        let has_incremental = pipeline.sources().any(|(_, d)| d.options.incremental);
+        let listed = if has_incremental {
+            let ctx = session(self.options)?;
+            engine::list_incremental_files(&ctx, pipeline)
+                .await
+                .map_err(KilnError::Problems)?
+        } else {
+            BTreeSet::new()
+        };
+        let mut standings = Vec::new();
+        let mut read_at = BTreeMap::new();
+        for (name, location) in targets(pipeline) {
+            let table = self.tables.latest(&location).await?;
+            let ledger = ledger::read(table.as_ref(), &pipeline.name)
+                .await
+                .map_err(|e| KilnError::Run(format!("reading what feature set '{name}' consumed: {e}")))?;
+            let partitions = self.ends.values().flat_map(|m| m.keys().map(ledger::kafka_key));
+            let files = listed.iter().map(|f| ledger::file_key(f));
+            ledger::refuse_other_pipelines(&ledger, &name, &pipeline.name, partitions.chain(files))?;
+            let mut kafka = BTreeMap::new();
+            for source in self.kafka_sources {
+                kafka.extend(kafka::starts(
+                    &name,
+                    source,
+                    &ledger.kafka,
+                    &self.ends[&source.decl.name],
+                )?);
+            }
+            standings.push(Standing {
+                name: name.clone(),
+                kafka,
+                new_files: listed.difference(&ledger.files).cloned().collect(),
+            });
+            read_at.insert(name, ReadAt::at(ledger.version));
+        }
+        let has_kafka = !self.kafka_sources.is_empty();
+        let end_of = |tp: &TopicPartition| {
+            self.ends
+                .values()
+                .find_map(|m| m.get(tp))
+                .map_or(i64::MIN, |&(_, high)| high)
+        };
+        let work = |g: &Group| {
+            let kafka_work = g.first_positions || g.kafka.iter().any(|(tp, &from)| from < end_of(tp));
+            let file_work = !g.new_files.is_empty();
+            (!has_kafka && !has_incremental) || (has_kafka && kafka_work) || (has_incremental && file_work)
+        };
+        let (busy, idle): (Vec<Group>, Vec<Group>) = plan::group(&standings).into_iter().partition(work);
+        let why = if has_kafka {
+            "no new records since the last run"
+        } else {
+            "no new input files since the last run"
+        };
+        for g in &idle {
+            for name in &g.targets {
+                summary.record(skipped_set(pipeline, name, why));
+            }
+        }
+        if busy.is_empty() {
+            // Nothing to read, but a broken pipeline still says so.
+            let ctx = session(self.options)?;
+            for source in self.kafka_sources {
+                source
+                    .register(&ctx, Vec::new())
+                    .map_err(|e| KilnError::Run(format!("registering source '{}': {e}", source.decl.name)))?;
+            }
+            engine::plan_pipeline(&ctx, pipeline, self.tables, Some(&BTreeSet::new()))
+                .await
+                .map_err(KilnError::Problems)?;
+            return Ok(());
+        }
+        let reads = kafka::read_all(self.kafka_sources, &plan::read_from(&busy), self.ends).await?;
+        if has_kafka {
+            summary.kafka = Some(KafkaSummary::of(&reads));
+        }
+        for g in busy {
+            if g.targets.len() < standings.len() {
+                tracing::info!(feature_sets = ?g.targets, "feature sets that stand apart from the others run on their own");
+            }
+            let ctx = session(self.options)?;
+            let pass = Pass {
+                reads: kafka::slice_from(&reads, &g.kafka),
+                files: has_incremental.then(|| g.new_files.clone()),
+                read_at: g
+                    .targets
+                    .iter()
+                    .map(|t| (t.clone(), read_at[t].clone()))
+                    .collect(),
+                lost: g.lost.clone(),
+                first_positions: g.first_positions,
+                has_kafka,
+            };
+            kafka::register(&ctx, &pass.reads)?;
+            let done = run_pass(
+                &ctx,
+                &pipeline.only_inserts_into(&g.targets),
+                self.options,
+                self.tables,
+                self.run_id,
+                self.started,
+                &pass,
+            )
+            .await?;
+            summary.input_files += done.input_files;
+            for outcome in done.feature_sets {
+                summary.record(outcome);
+            }
+        }
+        kafka::report_to_groups(&reads).await;
+        Ok(())
+    }
+}
+
+/// The feature sets the INSERTs of `pipeline` write: (name, location), once each.
+fn targets(pipeline: &Pipeline) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (_, insert) in pipeline.inserts() {
+        let decl = pipeline
+            .feature_set(&insert.target)
+            .expect("inserts target declared feature sets (checked when parsed)");
+        if !out.iter().any(|(n, _)| n == &decl.name) {
+            out.push((decl.name.clone(), decl.location.clone()));
+        }
+    }
+    out
+}
+
+/// The version at which a feature set's positions were read: one for the
+/// whole ledger (a run), or per partition (a stream worker, whose
+/// partitions arrive at different times).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReadAt {
+    pub version: Option<u64>,
+    pub kafka: BTreeMap<TopicPartition, Option<u64>>,
+}
+
+impl ReadAt {
+    fn at(version: Option<u64>) -> Self {
+        Self {
+            version,
+            kafka: BTreeMap::new(),
+        }
+    }
+
+    fn of(&self, tp: &TopicPartition) -> Option<u64> {
+        self.kafka.get(tp).copied().unwrap_or(self.version)
+    }
+}
+
+/// What one group of feature sets reads in a pass.
+pub(crate) struct Pass {
+    /// Kafka records, already sliced to where the group stands.
+    pub reads: Vec<kafka::SourceReads>,
+    /// For incremental file sources: the files to read.
+    pub files: Option<BTreeSet<String>>,
+    /// Per feature set of the group.
+    pub read_at: BTreeMap<String, ReadAt>,
+    pub lost: BTreeMap<TopicPartition, (i64, i64)>,
+    /// Commit even with nothing read, to keep a first position.
+    pub first_positions: bool,
+    pub has_kafka: bool,
+}
+
+impl KafkaSummary {
+    fn of(reads: &[kafka::SourceReads]) -> Self {
+        KafkaSummary {
+            records: reads.iter().map(|r| r.records()).sum(),
+            bad_records: reads.iter().map(|r| r.bad_records()).sum(),
+            ranges: reads.iter().flat_map(|r| r.lineage()).collect(),
+        }
+    }
 }
 
 /// Plan, execute and commit one micro-batch of `kiln stream`.
@@ -172,21 +357,10 @@ async fn run_batch(
     pipeline: &Pipeline,
     options: &RunOptions,
     tables: &OpenTables,
-    scope: kafka::Scope,
-    reads: Vec<kafka::SourceReads>,
+    pass: &Pass,
 ) -> Result<RunSummary> {
     let run_id = uuid::Uuid::new_v4().to_string();
-    let pass = KafkaPass { scope, reads };
-    run_pass(
-        ctx,
-        pipeline,
-        options,
-        tables,
-        &run_id,
-        Instant::now(),
-        Some(&pass),
-    )
-    .await
+    run_pass(ctx, pipeline, options, tables, &run_id, Instant::now(), pass).await
 }
 
 /// Plan, execute every INSERT, then commit: one pass of a run.
@@ -197,45 +371,19 @@ async fn run_pass(
     tables: &OpenTables,
     run_id: &str,
     started: Instant,
-    kafka: Option<&KafkaPass>,
+    pass: &Pass,
 ) -> Result<RunSummary> {
-    let planned = engine::plan_pipeline(ctx, pipeline, tables)
+    let planned = engine::plan_pipeline(ctx, pipeline, tables, pass.files.as_ref())
         .await
         .map_err(KilnError::Problems)?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "planned");
-
-    let kafka_summary = kafka.as_ref().map(|k| KafkaSummary {
-        records: k.reads.iter().map(|r| r.records()).sum(),
-        bad_records: k.reads.iter().map(|r| r.bad_records()).sum(),
-        ranges: k.reads.iter().flat_map(|r| r.lineage()).collect(),
-    });
-    let summary = |feature_sets, input_files| RunSummary {
-        pipeline: pipeline.name.clone(),
-        file: pipeline.file.clone(),
-        run_id: run_id.to_string(),
-        elapsed_ms: started.elapsed().as_millis(),
-        input_files,
-        kafka: kafka_summary.clone(),
-        feature_sets,
-    };
-    let files_idle = planned.nothing_new();
-    let has_incremental = planned.sources.iter().any(|s| s.incremental);
-    let nothing_new = match kafka {
-        None => files_idle,
-        Some(k) => {
-            let kafka_idle = k.scope.nothing_to_read() && !k.scope.first_positions;
-            kafka_idle && (!has_incremental || files_idle)
-        }
-    };
-    if nothing_new {
-        let why = if kafka.is_some() {
-            "no new records since the last run"
-        } else {
-            "no new input files since the last run"
-        };
-        let outcomes = planned.inserts.iter().map(|i| skipped(i, why)).collect();
-        return Ok(summary(outcomes, 0));
-    }
+    let kafka_summary = pass.has_kafka.then(|| KafkaSummary::of(&pass.reads));
+    let incremental: BTreeSet<String> = planned
+        .sources
+        .iter()
+        .filter(|s| s.incremental)
+        .map(|s| s.table.name().to_string())
+        .collect();
 
     let progress = Progress::new(options.progress);
     let mut staged = Vec::new();
@@ -254,15 +402,50 @@ async fn run_pass(
             run_id: run_id.to_string(),
             trigger: options.trigger.clone(),
             mode: insert.feature_set.options.mode.as_str().to_string(),
-            inputs,
-            kafka: kafka
+            kafka: pass.reads.iter().flat_map(|r| r.lineage()).collect(),
+            lost: pass
+                .lost
                 .iter()
-                .flat_map(|k| &k.reads)
-                .flat_map(|r| r.lineage())
+                .map(|(tp, &(from, to))| LostRange {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    from,
+                    to,
+                })
                 .collect(),
+            inputs,
             rows_written: rows,
             columns: stats,
         };
+        let read_at = pass
+            .read_at
+            .get(&insert.feature_set.name)
+            .cloned()
+            .unwrap_or_default();
+        let ledger_files: Vec<(&str, i64)> = lineage
+            .inputs
+            .iter()
+            .filter(|f| incremental.contains(&f.source))
+            .map(|f| (f.path.as_str(), modified_ms(&f.last_modified)))
+            .collect();
+        let mut transactions = kafka::transactions(&pipeline.name, &pass.reads);
+        transactions.extend(ledger::file_transactions(
+            &pipeline.name,
+            ledger_files.iter().copied(),
+        ));
+        let mut inputs: Vec<ReadInput> = pass
+            .reads
+            .iter()
+            .flat_map(|r| r.reads.iter())
+            .map(|r| ReadInput {
+                app_id: ledger::kafka_app_id(&pipeline.name, &r.range.tp()),
+                read_at: read_at.of(&r.range.tp()),
+            })
+            .collect();
+        inputs.extend(ledger_files.iter().map(|(url, _)| ReadInput {
+            app_id: ledger::file_app_id(&pipeline.name, url),
+            read_at: read_at.version,
+        }));
         staged.push((
             insert,
             StagedWrite {
@@ -272,36 +455,47 @@ async fn run_pass(
                 schema: insert.target_schema.clone(),
                 batches,
                 add_columns: insert.add_columns,
-                exists: insert.base_version.is_some(),
                 lineage,
-                transactions: kafka
-                    .map(|k| kafka::transactions(&pipeline.name, &k.reads))
-                    .unwrap_or_default(),
-                read_version: kafka
-                    .and_then(|k| k.scope.read_versions.get(&insert.feature_set.name).copied()),
+                transactions,
+                inputs,
             },
         ));
     }
     progress.finish();
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "executed");
-    if let Some(k) = kafka {
-        kafka::check_bad_record_limits(&k.reads)?;
-        kafka::send_to_dead_letter_topics(&pipeline.name, run_id, &k.reads).await?;
+    if pass.has_kafka {
+        kafka::check_bad_record_limits(&pass.reads)?;
+        kafka::send_to_dead_letter_topics(&pipeline.name, run_id, &pass.reads).await?;
     }
 
     let mut outcomes = Vec::new();
-    for (insert, write) in staged {
-        // Consumed records must be recorded even when they made no rows.
-        if write.rows() == 0 && write.mode == SinkMode::Append && kafka.is_none() {
+    // Feature sets this pass already committed to (two INSERTs into one):
+    // the next commit reads its inputs at that version.
+    let mut committed: BTreeMap<String, u64> = BTreeMap::new();
+    for (insert, mut write) in staged {
+        // What was consumed must be recorded even when it made no rows.
+        if write.rows() == 0
+            && write.mode == SinkMode::Append
+            && write.transactions.is_empty()
+            && !pass.first_positions
+        {
             outcomes.push(skipped(insert, "the query returned no rows"));
             continue;
         }
-        let dead_letters = match kafka {
-            Some(k) => commit_dead_letters(pipeline, tables, run_id, &write, &k.reads).await?,
-            None => 0,
+        if let Some(&v) = committed.get(&write.location) {
+            for input in &mut write.inputs {
+                input.read_at = Some(v);
+            }
+        }
+        let dead_letters = if pass.has_kafka {
+            commit_dead_letters(pipeline, tables, run_id, &write, &pass.reads).await?
+        } else {
+            0
         };
         let rows = write.rows();
+        let location = write.location.clone();
         let version = featureset::commit(write, tables).await?;
+        committed.insert(location, version);
         outcomes.push(SinkOutcome {
             feature_set: insert.feature_set.name.clone(),
             location: insert.feature_set.location.clone(),
@@ -313,7 +507,19 @@ async fn run_pass(
         });
     }
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "committed");
-    Ok(summary(outcomes, input_files))
+    Ok(RunSummary {
+        pipeline: pipeline.name.clone(),
+        file: pipeline.file.clone(),
+        run_id: run_id.to_string(),
+        elapsed_ms: started.elapsed().as_millis(),
+        input_files,
+        kafka: kafka_summary,
+        feature_sets: outcomes,
+    })
+}
+
+fn modified_ms(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).map_or(0, |t| t.timestamp_millis())
 }
 
 /// Write the pass's bad records beside the feature set `write` goes to,
@@ -330,13 +536,11 @@ async fn commit_dead_letters(
     if !reads.iter().any(|r| for_table(&r)) {
         return Ok(0);
     }
-    let existing = kafka::dead_letter_positions(tables, &pipeline.name, &write.location, reads).await?;
-    let exists = existing.is_some();
-    let already = existing.unwrap_or_default();
+    let existing = kafka::dead_letter_ledger(tables, &pipeline.name, &write.location).await?;
     let letters: Vec<_> = reads
         .iter()
         .filter(for_table)
-        .flat_map(|r| r.dead_letters(&already))
+        .flat_map(|r| r.dead_letters(&existing.kafka))
         .collect();
     if letters.is_empty() {
         return Ok(0);
@@ -349,9 +553,27 @@ async fn commit_dead_letters(
             offset = letter.offset, error = %letter.error, "record sent to the dead letters"
         );
     }
+    // Positions never move back: an owner that lost a partition mid-batch
+    // may still hold an older range of it.
+    let ranges: Vec<PartitionRange> = reads
+        .iter()
+        .flat_map(|r| r.ranges())
+        .map(|mut range| {
+            if let Some(&at) = existing.kafka.get(&range.tp()) {
+                range.to = range.to.max(at);
+            }
+            range
+        })
+        .collect();
+    let inputs = ranges
+        .iter()
+        .map(|r| ReadInput {
+            app_id: ledger::kafka_app_id(&pipeline.name, &r.tp()),
+            read_at: existing.version,
+        })
+        .collect();
     let dead = StagedWrite {
         name: format!("{}/_dead_letters", write.name),
-        exists,
         location,
         mode: SinkMode::Append,
         schema: featureset::dead_letter_schema(),
@@ -362,8 +584,8 @@ async fn commit_dead_letters(
             columns: Vec::new(),
             ..write.lineage.clone()
         },
-        transactions: kafka::transactions(&pipeline.name, reads),
-        read_version: None,
+        transactions: ledger::kafka_transactions(&pipeline.name, &ranges),
+        inputs,
     };
     featureset::commit(dead, tables).await?;
     Ok(count)
@@ -376,6 +598,21 @@ fn skipped(insert: &PlannedInsert, why: &str) -> SinkOutcome {
         version: None,
         rows: 0,
         mode: insert.feature_set.options.mode,
+        skipped: Some(why.to_string()),
+        dead_letters: 0,
+    }
+}
+
+fn skipped_set(pipeline: &Pipeline, name: &str, why: &str) -> SinkOutcome {
+    let decl = pipeline
+        .feature_set(name)
+        .expect("targets are declared feature sets");
+    SinkOutcome {
+        feature_set: decl.name.clone(),
+        location: decl.location.clone(),
+        version: None,
+        rows: 0,
+        mode: decl.options.mode,
         skipped: Some(why.to_string()),
         dead_letters: 0,
     }

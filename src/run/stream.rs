@@ -14,20 +14,18 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
 use rdkafka::Offset;
 use serde::Serialize;
 
-use super::kafka::{self, Scope, SourceReads};
-use super::{RunOptions, RunSummary, run_batch, session};
+use super::kafka::{self, SourceReads};
+use super::{Pass, ReadAt, RunOptions, RunSummary, run_batch, session};
 use crate::error::{KilnError, Result};
 use crate::featureset::{self, OpenTables};
+use crate::ledger::{self, Positions, plan};
 use crate::pipeline::{Pipeline, StartAt};
 use crate::source::kafka::buffer::{self, BufferLimits, TakenBatch, TakenPartition};
 use crate::source::kafka::group::{Member, PositionLookup};
-use crate::source::kafka::positions::{self, Positions};
-use crate::source::kafka::{KafkaSource, PartitionRange, PartitionRead, TopicPartition};
+use crate::source::kafka::{KafkaSource, PartitionRange, PartitionRead, TopicPartition, read};
 
 /// How batches close and how the worker stops.
 #[derive(Debug, Clone)]
@@ -61,8 +59,20 @@ const MAX_RETRIES: u32 = 10;
 /// Where each feature set stands, as last read or written by this worker.
 #[derive(Debug, Default)]
 struct Standing {
-    /// Per feature set: the version its positions are known at, and them.
-    targets: BTreeMap<String, (Option<u64>, Positions)>,
+    targets: BTreeMap<String, TargetStanding>,
+}
+
+/// One feature set's positions in the partitions this worker holds, each
+/// with the version it was read at (when the partition arrived) or written
+/// at (this worker's own commit): a batch is checked against every commit
+/// since, per partition.
+#[derive(Debug, Default, Clone)]
+struct TargetStanding {
+    positions: Positions,
+    read_at: ReadAt,
+    /// Ranges retention deleted before they were read (`on_data_loss`
+    /// skip), for the lineage of the next commit.
+    lost: BTreeMap<TopicPartition, (i64, i64)>,
 }
 
 /// Run `pipeline` as a stream worker until SIGTERM or SIGINT. `on_batch`
@@ -107,9 +117,11 @@ pub async fn stream_pipeline(
     let lookup: Box<PositionLookup> = {
         let handle = tokio::runtime::Handle::current();
         let (name, targets, standing) = (pipeline.name.clone(), targets.clone(), Arc::clone(&standing));
-        let tables = tables.clone();
+        let (tables, source) = (tables.clone(), source.clone());
         Box::new(move |partitions: &[TopicPartition]| {
-            handle.block_on(read_standing(&tables, &name, &targets, partitions, &standing))
+            handle.block_on(read_standing(
+                &tables, &name, &source, &targets, partitions, &standing,
+            ))
         })
     };
     let start = match source.decl.options.start {
@@ -248,6 +260,7 @@ impl Worker<'_> {
         let positions = read_standing(
             &self.tables,
             &self.pipeline.name,
+            &self.source,
             &self.targets,
             &partitions,
             &self.standing,
@@ -267,39 +280,31 @@ impl Worker<'_> {
         );
         let groups = self.groups(&reads);
         let mut summaries = Vec::new();
-        for (targets, at, read_versions) in groups {
-            let reads: Vec<PartitionRead> = reads.iter().filter_map(|r| starting_at(r, &at)).collect();
+        for (targets, at, pass_read_at, lost) in groups {
+            let reads: Vec<PartitionRead> = reads
+                .iter()
+                .map(|r| r.slice_from(at.get(&r.range.tp()).copied().unwrap_or(r.range.from)))
+                .filter(|r| !r.range.is_empty())
+                .collect();
             if reads.is_empty() {
                 continue;
             }
             let ctx = session(&self.options.run)?;
-            self.source
-                .register(&ctx, reads.iter().map(|r| r.batches.clone()).collect())
-                .map_err(|e| {
-                    KilnError::Run(format!("registering source '{}': {e}", self.source.decl.name))
-                })?;
             let ranges: Vec<PartitionRange> = reads.iter().map(|r| r.range.clone()).collect();
-            let scope = Scope {
-                targets: targets.clone(),
-                ranges: BTreeMap::from([(self.source.decl.name.clone(), ranges.clone())]),
-                catch_up: false,
+            let pass = Pass {
+                reads: vec![SourceReads {
+                    source: self.source.clone(),
+                    reads,
+                }],
+                files: None,
+                read_at: pass_read_at,
+                lost,
                 first_positions: false,
-                read_versions,
+                has_kafka: true,
             };
-            let source_reads = vec![SourceReads {
-                source: self.source.clone(),
-                reads,
-            }];
+            kafka::register(&ctx, &pass.reads)?;
             let pass_pipeline = self.pipeline.only_inserts_into(&targets);
-            let summary = run_batch(
-                &ctx,
-                &pass_pipeline,
-                &self.options.run,
-                &self.tables,
-                scope,
-                source_reads,
-            )
-            .await?;
+            let summary = run_batch(&ctx, &pass_pipeline, &self.options.run, &self.tables, &pass).await?;
             self.committed(&summary, &ranges);
             summaries.push(summary);
         }
@@ -358,33 +363,67 @@ impl Worker<'_> {
         })
     }
 
-    /// Feature sets grouped by where they stand in the batch's partitions,
-    /// with those positions and the versions they were read at.
-    fn groups(&self, reads: &[PartitionRead]) -> Vec<(Vec<String>, Positions, BTreeMap<String, u64>)> {
+    /// Feature sets grouped by where they stand in the batch's partitions
+    /// (the same grouping as a bounded run's), with the versions their
+    /// positions were read at and any ranges lost to retention.
+    #[allow(clippy::type_complexity)]
+    fn groups(
+        &self,
+        reads: &[PartitionRead],
+    ) -> Vec<(
+        Vec<String>,
+        Positions,
+        BTreeMap<String, ReadAt>,
+        BTreeMap<TopicPartition, (i64, i64)>,
+    )> {
         let standing = self.standing.lock().expect("standing lock");
-        let mut groups: Vec<(Vec<String>, Positions, BTreeMap<String, u64>)> = Vec::new();
-        for (name, _) in &self.targets {
-            let (version, positions) = standing.targets.get(name).cloned().unwrap_or_default();
-            let at: Positions = reads
-                .iter()
-                .filter_map(|r| {
-                    let tp = tp_of(&r.range);
-                    positions.get(&tp).map(|p| (tp, *p))
-                })
-                .collect();
-            match groups.iter_mut().find(|(_, a, _)| *a == at) {
-                Some((names, _, versions)) => {
-                    names.push(name.clone());
-                    versions.extend(version.map(|v| (name.clone(), v)));
-                }
-                None => groups.push((
-                    vec![name.clone()],
-                    at,
-                    version.map(|v| (name.clone(), v)).into_iter().collect(),
-                )),
-            }
-        }
-        groups
+        let held: Vec<(String, TargetStanding)> = self
+            .targets
+            .iter()
+            .map(|(name, _)| {
+                (
+                    name.clone(),
+                    standing.targets.get(name).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        drop(standing);
+        let standings: Vec<plan::Standing> = held
+            .iter()
+            .map(|(name, t)| plan::Standing {
+                name: name.clone(),
+                kafka: reads
+                    .iter()
+                    .filter_map(|r| {
+                        let tp = r.range.tp();
+                        let from = *t.positions.get(&tp)?;
+                        Some((
+                            tp.clone(),
+                            plan::Start {
+                                from,
+                                recorded: true,
+                                lost: t.lost.get(&tp).copied(),
+                            },
+                        ))
+                    })
+                    .collect(),
+                new_files: Default::default(),
+            })
+            .collect();
+        plan::group(&standings)
+            .into_iter()
+            .map(|g| {
+                let read_at = g
+                    .targets
+                    .iter()
+                    .map(|name| {
+                        let t = &held.iter().find(|(n, _)| n == name).expect("grouped from held").1;
+                        (name.clone(), t.read_at.clone())
+                    })
+                    .collect();
+                (g.targets, g.kafka, read_at, g.lost)
+            })
+            .collect()
     }
 
     /// Remember what a pass committed, and tell the group.
@@ -392,11 +431,13 @@ impl Worker<'_> {
         let mut standing = self.standing.lock().expect("standing lock");
         for outcome in &summary.feature_sets {
             let entry = standing.targets.entry(outcome.feature_set.clone()).or_default();
-            if outcome.version.is_some() {
-                entry.0 = outcome.version;
-            }
             for r in ranges {
-                entry.1.insert(tp_of(r), r.to);
+                let tp = r.tp();
+                entry.positions.insert(tp.clone(), r.to);
+                entry.lost.remove(&tp);
+                if let Some(v) = outcome.version {
+                    entry.read_at.kafka.insert(tp, Some(v));
+                }
             }
         }
         drop(standing);
@@ -406,92 +447,42 @@ impl Worker<'_> {
             self.summary.bad_records += k.bad_records;
         }
         self.member
-            .report(&ranges.iter().map(|r| (tp_of(r), r.to)).collect());
+            .report(&ranges.iter().map(|r| (r.tp(), r.to)).collect());
     }
 }
 
-fn tp_of(range: &PartitionRange) -> TopicPartition {
-    TopicPartition {
-        topic: range.topic.clone(),
-        partition: range.partition,
-    }
-}
-
-/// The part of `read` at or after the position in `at` (all of it when the
-/// partition has none); None when nothing is left.
-fn starting_at(read: &PartitionRead, at: &Positions) -> Option<PartitionRead> {
-    let from = at.get(&tp_of(&read.range)).copied().unwrap_or(read.range.from);
-    if from >= read.range.to {
-        return None;
-    }
-    if from <= read.range.from {
-        return Some(PartitionRead {
-            range: read.range.clone(),
-            batches: read.batches.clone(),
-            bad: read.bad.clone(),
-            records: read.records,
-        });
-    }
-    let offset_column = |b: &RecordBatch| {
-        b.column_by_name("_offset")
-            .map(|c| c.as_primitive::<Int64Type>().clone())
-    };
-    let batches = read
-        .batches
-        .iter()
-        .filter_map(|b| {
-            let offsets = offset_column(b)?;
-            let first = offsets.values().partition_point(|o| *o < from);
-            (first < b.num_rows()).then(|| b.slice(first, b.num_rows() - first))
-        })
-        .collect();
-    Some(PartitionRead {
-        range: PartitionRange {
-            from,
-            ..read.range.clone()
-        },
-        batches,
-        bad: read
-            .bad
-            .iter()
-            .filter(|b| b.record.offset >= from)
-            .cloned()
-            .collect(),
-        records: read.records,
-    })
-}
-
-/// Read where each feature set stands in `partitions` (and remember it);
-/// per partition the lowest, or None where one has never read it.
+/// Read where each feature set stands in `partitions` (and remember it,
+/// with the version it was read at); per partition the lowest, where the
+/// member starts fetching.
 async fn read_standing(
     tables: &OpenTables,
     pipeline: &str,
+    source: &KafkaSource,
     targets: &[(String, String)],
     partitions: &[TopicPartition],
     standing: &Mutex<Standing>,
 ) -> Result<BTreeMap<TopicPartition, Option<i64>>> {
+    let marks: kafka::Watermarks = read::watermarks(&source.client, &source.decl.topics)
+        .await?
+        .into_iter()
+        .filter(|(tp, _)| partitions.contains(tp))
+        .collect();
     let mut lowest: BTreeMap<TopicPartition, Option<i64>> = BTreeMap::new();
     for (name, location) in targets {
         let table = tables.latest(location).await?;
-        let (version, recorded) = match &table {
-            Some(t) => (t.version(), positions::recorded(t, pipeline, partitions).await?),
-            None => (None, Positions::new()),
-        };
-        for tp in partitions {
-            let here = recorded.get(tp).copied();
-            let entry = lowest.entry(tp.clone()).or_insert(here);
-            *entry = match (*entry, here) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                _ => None,
-            };
-        }
+        let ledger = ledger::read(table.as_ref(), pipeline).await?;
+        ledger::refuse_other_pipelines(&ledger, name, pipeline, marks.keys().map(ledger::kafka_key))?;
+        let starts = kafka::starts(name, source, &ledger.kafka, &marks)?;
         let mut standing = standing.lock().expect("standing lock");
         let entry = standing.targets.entry(name.clone()).or_default();
-        entry.0 = version;
-        for tp in partitions {
-            match recorded.get(tp) {
-                Some(p) => entry.1.insert(tp.clone(), *p),
-                None => entry.1.remove(tp),
+        for (tp, start) in starts {
+            let low = lowest.entry(tp.clone()).or_insert(Some(start.from));
+            *low = low.map(|l| l.min(start.from));
+            entry.positions.insert(tp.clone(), start.from);
+            entry.read_at.kafka.insert(tp.clone(), ledger.version);
+            match start.lost {
+                Some(lost) => entry.lost.insert(tp, lost),
+                None => entry.lost.remove(&tp),
             };
         }
     }
@@ -506,27 +497,26 @@ fn transient(e: &KilnError) -> bool {
     )
 }
 
-/// `1s`, `500ms`, `2m`, `1h` (a bare number is seconds).
+/// The longest duration an option takes: past it, timers would overflow.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// `1s`, `500ms`, `2m`, `1h 30m` (humantime's syntax; a bare number is
+/// seconds), longer than zero and at most a year.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration: write it like 1s, 500ms or 2m"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => return Err(format!("unknown unit '{other}' in '{text}': use ms, s, m or h")),
+    let parsed = match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text),
     };
-    if !seconds.is_finite() || seconds <= 0.0 {
+    let duration =
+        parsed.map_err(|e| format!("'{text}' is not a duration ({e}): write it like 1s, 500ms or 2m"))?;
+    if duration.is_zero() {
         return Err(format!("'{text}' must be longer than zero"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    if duration > MAX_DURATION {
+        return Err(format!("'{text}' is longer than a year"));
+    }
+    Ok(duration)
 }
 
 async fn shutdown_signal() {
@@ -553,9 +543,30 @@ mod tests {
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("not a duration")
+        );
         assert!(parse_duration("soon").is_err());
+        // Absurd values are errors, not panics.
+        assert!(
+            parse_duration("99999999999999999999h")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(
+            parse_duration("100000h")
+                .unwrap_err()
+                .contains("longer than a year")
+        );
+        assert!(
+            parse_duration("18446744073709551615")
+                .unwrap_err()
+                .contains("longer than a year")
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! A file source as a DataFusion table that knows which files it read.
 //!
 //! DataFusion's `ListingTable` does the listing, globbing, hive partitions
-//! and format work. This wrapper sits on its `scan`: it drops files that an
-//! incremental source has already committed, and records every file it
-//! hands to the scan, which becomes the commit's lineage.
+//! and format work. This wrapper sits on its `scan`: an incremental source
+//! keeps only the files its pass was planned with (the ones its feature
+//! sets have not read, as listed when the run planned it, so a file that
+//! lands mid-run waits for the next run), and every file handed to the
+//! scan is recorded, which becomes the commit's lineage and ledger.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
@@ -25,18 +27,18 @@ use crate::featureset::InputFile;
 pub struct FileSourceTable {
     name: String,
     inner: Arc<dyn TableProvider>,
-    /// Paths an incremental source has already committed.
-    skip: HashSet<String>,
+    /// For an incremental source: the only files (URLs) to read.
+    only: Option<BTreeSet<String>>,
     /// Files handed to scans, by URL.
     read: Mutex<BTreeMap<String, ObjectMeta>>,
 }
 
 impl FileSourceTable {
-    pub fn new(name: String, inner: Arc<dyn TableProvider>, skip: HashSet<String>) -> Self {
+    pub fn new(name: String, inner: Arc<dyn TableProvider>, only: Option<BTreeSet<String>>) -> Self {
         Self {
             name,
             inner,
-            skip,
+            only,
             read: Mutex::new(BTreeMap::new()),
         }
     }
@@ -45,7 +47,7 @@ impl FileSourceTable {
         &self.name
     }
 
-    /// The URL of every file the source would read now, before
+    /// The URL of every file at the source's location now, before
     /// incremental filtering.
     pub async fn list_files(&self, state: &dyn Session) -> Result<Vec<String>> {
         let plan = self.inner.scan(state, None, &[], None).await?;
@@ -64,9 +66,9 @@ impl FileSourceTable {
         Ok(files)
     }
 
-    /// Files not yet committed by this pipeline.
-    pub fn is_new(&self, path: &str) -> bool {
-        !self.skip.contains(path)
+    /// Whether this pass reads the file at `path`.
+    pub fn is_selected(&self, path: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.contains(path))
     }
 
     /// The files scans have read since the last call, as lineage.
@@ -136,13 +138,13 @@ impl TableProvider for FileSourceTable {
                         .iter()
                         .filter(|f| {
                             let url = file_url(config, &f.object_meta);
-                            let new = self.is_new(&url);
-                            if new {
+                            let selected = self.is_selected(&url);
+                            if selected {
                                 read.insert(url, f.object_meta.clone());
                             } else {
                                 dropped = true;
                             }
-                            new
+                            selected
                         })
                         .map(|f| {
                             // Per-file statistics go with the table's (below).

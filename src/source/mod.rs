@@ -4,7 +4,7 @@ mod files;
 pub mod kafka;
 mod store;
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::catalog::TableProviderFactory;
@@ -20,11 +20,11 @@ pub use store::register_store_for;
 use crate::pipeline::SourceDecl;
 
 /// Build the table for a file source and register it under its name.
-/// `skip` holds file URLs an incremental source has already committed.
+/// `only`, for an incremental source, holds the file URLs it may read.
 pub async fn register_file_source(
     ctx: &SessionContext,
     decl: &SourceDecl,
-    skip: HashSet<String>,
+    only: Option<BTreeSet<String>>,
 ) -> Result<Arc<FileSourceTable>> {
     register_store_for(ctx, &decl.location)?;
     let state = ctx.state();
@@ -33,7 +33,7 @@ pub async fn register_file_source(
     // table exactly as its CREATE EXTERNAL TABLE would.
     let cmd = plan_declaration(ctx, &decl.create).await?;
     let inner = ListingTableFactory::new().create(&state, &cmd).await?;
-    let table = Arc::new(FileSourceTable::new(decl.name.clone(), inner, skip));
+    let table = Arc::new(FileSourceTable::new(decl.name.clone(), inner, only));
     ctx.register_table(decl.name.as_str(), table.clone())?;
     Ok(table)
 }

@@ -51,10 +51,32 @@ fn runs_read_only_files_no_earlier_run_committed() {
             .ends_with("landing/f3.parquet")
     );
 
-    // Another pipeline writing the same feature set keeps its own position.
+    // A copy of the pipeline under another name would read every file a
+    // second time into the same feature set: refused, nothing written.
     write(&d.join("other.sql"), PIPELINE);
-    let other = kiln(d, &["run", "other.sql", "--output", "json"]).ok().json();
-    assert_eq!(other["input_files"], 3);
+    let other = kiln(d, &["run", "other.sql"]).failed();
+    assert!(
+        other.stderr.contains("as pipeline 'totals', never as 'other'")
+            && other.stderr.contains("--pipeline totals"),
+        "{}",
+        other.stderr
+    );
+    // Run under the old name, it goes on where that one stopped.
+    write_parquet(&d.join("landing/f4.parquet"), &events_batch(250, 10));
+    let renamed = kiln(
+        d,
+        &["run", "other.sql", "--pipeline", "totals", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(renamed["input_files"], 1, "{renamed}");
+    let read = read_delta(
+        &d.join("out/totals").display().to_string(),
+        None,
+        Some("total"),
+        &[],
+    );
+    assert_eq!(read["sum"].as_f64().unwrap(), value_sum(0, 260));
 }
 
 #[test]

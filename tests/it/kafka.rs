@@ -539,3 +539,141 @@ fn kafka_declarations_are_checked_without_a_broker() {
     assert!(find("needs its columns declared").starts_with("p.sql:3:"));
     assert!(find("metadata columns").starts_with("p.sql:4:"));
 }
+
+/// Move the start of every partition of `topic` to `offset`, as retention
+/// does (the DeleteRecords request).
+fn delete_records_before(brokers: &str, topic: &str, partitions: i32, offset: i64) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(offset))
+            .unwrap();
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let done = runtime
+        .block_on(admin.delete_records(
+            &tpl,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .expect("delete_records");
+    for e in done.elements() {
+        assert!(
+            e.error().is_ok(),
+            "delete_records {}: {:?}",
+            e.partition(),
+            e.error()
+        );
+    }
+}
+
+#[test]
+fn two_first_runs_at_once_commit_every_record_once() {
+    let case = Case::new("race", 4);
+    let (brokers, topic, d) = (case.brokers.as_str(), case.topic.as_str(), case.dir.path());
+    write(&d.join("seen.sql"), &pipeline(topic, ""));
+    produce(brokers, topic, &clicks(0, 50_000, 4));
+    // Two CronJob pods of a new feature set, started together.
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .current_dir(d)
+                .args(["run", "seen.sql"])
+                .env("KAFKA", brokers)
+                .env("KILN_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let got = ids_of(d, "seen");
+    assert_eq!(got.len(), 50_000, "every record once, not twice");
+    assert_eq!(got, (0..50_000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_position_retention_deleted_fails_or_is_skipped_on_request() {
+    let case = Case::new("retention", 2);
+    let (brokers, topic, d) = (case.brokers.as_str(), case.topic.as_str(), case.dir.path());
+    let env = [("KAFKA", brokers)];
+    write(&d.join("seen.sql"), &pipeline(topic, ""));
+    produce(brokers, topic, &clicks(0, 200, 2));
+    run_json(d, "seen.sql", brokers);
+    // Positions are at 100 in both partitions; retention deletes up to 150.
+    produce(brokers, topic, &clicks(200, 200, 2));
+    delete_records_before(brokers, topic, 2, 150);
+    let lost = kiln_env(d, &["run", "seen.sql"], &env).failed();
+    assert!(
+        lost.stderr.contains(&format!("{topic}/0")) && lost.stderr.contains("100..150"),
+        "names the partition and the lost range: {}",
+        lost.stderr
+    );
+    assert_eq!(ids_of(d, "seen").len(), 200, "nothing committed");
+
+    // With 'on_data_loss' 'skip' the run goes on from 150 and says what it lost.
+    write(&d.join("seen.sql"), &pipeline(topic, ", 'on_data_loss' 'skip'"));
+    let skipped = run_json(d, "seen.sql", brokers);
+    assert_eq!(skipped["feature_sets"][0]["rows"], 100, "{skipped}");
+    let read = read_delta(&d.join("out/seen").display().to_string(), None, None, &[]);
+    let mut gaps: Vec<(i64, i64, i64)> = read["commit"]["kiln"]["lost"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["partition"].as_i64().unwrap(),
+                g["from"].as_i64().unwrap(),
+                g["to"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    gaps.sort();
+    assert_eq!(gaps, vec![(0, 100, 150), (1, 100, 150)]);
+}
+
+#[test]
+fn a_recreated_topic_is_an_error_not_a_fresh_start() {
+    let case = Case::new("recreated", 1);
+    let (brokers, topic, d) = (case.brokers.as_str(), case.topic.as_str(), case.dir.path());
+    let env = [("KAFKA", brokers)];
+    write(&d.join("seen.sql"), &pipeline(topic, ""));
+    produce(brokers, topic, &clicks(0, 100, 1));
+    run_json(d, "seen.sql", brokers);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for r in runtime
+        .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
+        .expect("delete_topics")
+    {
+        r.expect("topic deleted");
+    }
+    // The same name again, with fewer records than the feature set read.
+    let recreated = (0..50).any(|_| {
+        let made = runtime
+            .block_on(admin.create_topics(
+                &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            ))
+            .expect("create_topics");
+        let ok = made.iter().all(|r| r.is_ok());
+        if !ok {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        ok
+    });
+    assert!(recreated, "the topic could be created again");
+    produce(brokers, topic, &clicks(1000, 10, 1));
+    let run = kiln_env(d, &["run", "seen.sql"], &env).failed();
+    assert!(run.stderr.contains("created again"), "{}", run.stderr);
+    assert_eq!(ids_of(d, "seen").len(), 100, "nothing committed");
+}

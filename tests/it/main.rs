@@ -8,6 +8,7 @@ mod check_errors;
 mod demo;
 mod incremental;
 mod kafka;
+mod ledger;
 mod run_local;
 mod s3;
 mod stream;

@@ -191,6 +191,73 @@ fn stream_stops_cleanly_and_resumes(brokers: &str) {
     assert_group_offsets(brokers, group, &topic, 4, 1250);
 }
 
+/// Wait until the worker's log (KILN_LOG=info) has a line with `text`.
+fn wait_for_log(dir: &Path, log: &str, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(dir.join(format!("{log}.err")))
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(Instant::now() < deadline, "no '{text}' in {log}.err");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ids_in(dir: &Path, name: &str) -> Vec<i64> {
+    const SCRIPT: &str = r#"
+import json, sys
+from deltalake import DeltaTable
+print(json.dumps(sorted(DeltaTable(sys.argv[1]).to_pyarrow_table(columns=["id"]).column("id").to_pylist())))
+"#;
+    let ids = python_json(SCRIPT, &[&dir.join("out").join(name).display().to_string()], &[]);
+    ids.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}
+
+/// `'start' 'latest'`, then an INSERT added while the worker was down: the
+/// feature set that has positions resumes from them, the new one starts at
+/// the end.
+fn a_feature_set_added_later_starts_latest_alone(brokers: &str) {
+    let topic = new_topic(brokers, "latest", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sql = pipeline(&topic, Membership::Dynamic).replace("'group.id'", "'start' 'latest', 'group.id'");
+    write(&d.join("seen.sql"), &sql);
+    produce(brokers, &topic, &records(0, 100, 2));
+    let worker = start_stream(d, brokers, "w1", &[]);
+    wait_for_log(d, "w1", "partitions assigned");
+    produce(brokers, &topic, &records(100, 100, 2));
+    wait_for_rows(d, 100, Duration::from_secs(60));
+    stop(worker, d, "w1");
+
+    // Records arrive while no worker runs, and the pipeline gains an INSERT.
+    produce(brokers, &topic, &records(200, 100, 2));
+    write(
+        &d.join("seen.sql"),
+        &format!(
+            "{sql}CREATE EXTERNAL TABLE later STORED AS FEATURES LOCATION 'out/later' OPTIONS ('key' 'id', 'mode' 'append');
+             INSERT INTO later SELECT id FROM clicks;
+"
+        ),
+    );
+    let worker = start_stream(d, brokers, "w2", &[]);
+    wait_for_rows(d, 200, Duration::from_secs(60));
+    wait_for_log(d, "w2", "partitions assigned");
+    produce(brokers, &topic, &records(300, 50, 2));
+    wait_for_rows(d, 250, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !has_delta_log(&d.join("out/later")) || ids_in(d, "later").len() < 50 {
+        assert!(Instant::now() < deadline, "the new feature set got no rows");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop(worker, d, "w2");
+    assert_eq!(ids_in(d, "seen"), (100..350).collect::<Vec<_>>());
+    assert_eq!(ids_in(d, "later"), (300..350).collect::<Vec<_>>());
+}
+
 fn exactly_once_through_kills(brokers: &str, membership: Membership) {
     const N: i64 = 200_000;
     let topic = new_topic(brokers, "kills", 4);
@@ -252,6 +319,11 @@ fn noida_stream_is_exactly_once_through_kills() {
 #[test]
 fn noida_stream_is_exactly_once_through_a_rebalance() {
     exactly_once_through_a_rebalance(&broker());
+}
+
+#[test]
+fn noida_a_feature_set_added_later_starts_latest_alone() {
+    a_feature_set_added_later_starts_latest_alone(&broker());
 }
 
 #[test]

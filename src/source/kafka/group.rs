@@ -46,6 +46,10 @@ struct Shared {
     /// a rewind never meets a record fetched before its seek.
     polling: Mutex<()>,
     stop: AtomicBool,
+    /// Why the member cannot go on (positions that cannot be read, a
+    /// position the broker no longer has): the worker fails with it rather
+    /// than holding partitions it does not read.
+    fatal: Mutex<Option<String>>,
     revocations: AtomicU64,
     start: Offset,
     decoder: RecordDecoder,
@@ -73,10 +77,14 @@ impl ConsumerContext for MemberContext {
                 let positions = match (self.positions)(&partitions) {
                     Ok(p) => p,
                     Err(e) => {
-                        // Without positions the member must not read: leave
-                        // the partitions unassigned; the group gives them to
-                        // someone else, or to us again on the next rebalance.
+                        // Without positions the member must not read. It
+                        // leaves the partitions unassigned and the worker
+                        // fails with the reason, so the group hands them on
+                        // instead of their lag growing unseen.
                         tracing::error!(error = %e, "reading positions for assigned partitions; not taking them");
+                        self.shared.fail(format!(
+                            "reading where the feature sets stand in {partitions:?}: {e}"
+                        ));
                         return;
                     }
                 };
@@ -152,6 +160,7 @@ impl Member {
             buffer: Mutex::new(Buffer::default()),
             polling: Mutex::new(()),
             stop: AtomicBool::new(false),
+            fatal: Mutex::new(None),
             revocations: AtomicU64::new(0),
             start,
             decoder,
@@ -163,6 +172,9 @@ impl Member {
             config.set("partition.assignment.strategy", "cooperative-sticky");
         }
         config.set("enable.partition.eof", "false");
+        // A position the broker no longer has is an error, never a silent
+        // jump to the end (librdkafka's default) or the start.
+        config.set("auto.offset.reset", "error");
         let context = MemberContext {
             shared: Arc::clone(&shared),
             positions,
@@ -202,6 +214,9 @@ impl Member {
     /// An error when the poll or decode thread has ended (a panic) while
     /// the member runs: without them the worker would wait for ever.
     pub fn check_threads(&self) -> Result<()> {
+        if let Some(why) = self.shared.fatal.lock().expect("fatal lock").clone() {
+            return Err(KilnError::Kafka(why));
+        }
         let ended = |t: &Option<JoinHandle<()>>| t.as_ref().is_some_and(JoinHandle::is_finished);
         if ended(&self.poller) || ended(&self.decoder) {
             return Err(KilnError::Kafka(
@@ -342,6 +357,15 @@ fn poll_loop(
                     return;
                 }
             }
+            Some(Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset))) => {
+                shared.fail(
+                    "a partition's next offset is no longer on the broker (the topic's retention deleted \
+                     records before this worker read them); restart the worker to read the positions again: \
+                     it names the partition and the lost range, or skips it under 'on_data_loss' 'skip'"
+                        .into(),
+                );
+                return;
+            }
             Some(Err(e)) => {
                 // librdkafka reconnects by itself; say so once in a while.
                 let text = e.to_string();
@@ -358,6 +382,12 @@ fn poll_loop(
                 }
             }
         }
+    }
+}
+
+impl Shared {
+    fn fail(&self, why: String) {
+        self.fatal.lock().expect("fatal lock").get_or_insert(why);
     }
 }
 

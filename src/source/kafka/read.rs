@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
 use rdkafka::ClientConfig;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
@@ -33,6 +34,49 @@ pub struct PartitionRead {
     pub bad: Vec<BadRecord>,
     /// Records fetched, good and bad.
     pub records: u64,
+}
+
+impl PartitionRead {
+    /// The part of this read at or after offset `from`: what a feature set
+    /// standing at `from` has not consumed. Its range never moves back, so
+    /// a feature set ahead of the read keeps its position.
+    pub fn slice_from(&self, from: i64) -> PartitionRead {
+        let range = PartitionRange {
+            from: from.max(self.range.from),
+            to: self.range.to.max(from),
+            ..self.range.clone()
+        };
+        if range.from == self.range.from {
+            return PartitionRead {
+                range,
+                batches: self.batches.clone(),
+                bad: self.bad.clone(),
+                records: self.records,
+            };
+        }
+        let batches: Vec<RecordBatch> = self
+            .batches
+            .iter()
+            .filter_map(|b| {
+                let offsets = b.column_by_name("_offset")?.as_primitive::<Int64Type>();
+                let first = offsets.values().partition_point(|o| *o < from);
+                (first < b.num_rows()).then(|| b.slice(first, b.num_rows() - first))
+            })
+            .collect();
+        let bad: Vec<BadRecord> = self
+            .bad
+            .iter()
+            .filter(|b| b.record.offset >= from)
+            .cloned()
+            .collect();
+        let records = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>() + bad.len() as u64;
+        PartitionRead {
+            range,
+            batches,
+            bad,
+            records,
+        }
+    }
 }
 
 /// The partitions of `topics` with their low and high watermarks now.
@@ -156,7 +200,11 @@ fn read_topic(
         );
     }
     if assignment.count() > 0 {
+        // A range the broker no longer has fails the read instead of
+        // librdkafka jumping past it.
         let consumer: BaseConsumer = client
+            .clone()
+            .set("auto.offset.reset", "error")
             .create()
             .map_err(kafka_error("creating a Kafka consumer"))?;
         consumer
@@ -220,6 +268,23 @@ fn fetch(
                     }
                     finish(consumer, topic, p);
                 }
+            }
+            Some(Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset))) => {
+                let reading: Vec<String> = progress
+                    .values()
+                    .filter(|p| !p.done)
+                    .map(|p| {
+                        format!(
+                            "{topic}/{} from offset {}",
+                            p.read.range.partition, p.read.range.to
+                        )
+                    })
+                    .collect();
+                return Err(KilnError::Kafka(format!(
+                    "the topic's retention deleted records this run was reading ({}); nothing was committed, \
+                     and the next run names the lost range",
+                    reading.join(", ")
+                )));
             }
             Some(Err(e)) => {
                 tracing::warn!(topic, error = %e, "Kafka fetch error; retrying");
