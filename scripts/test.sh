@@ -114,4 +114,6 @@ export KILN_TEST_KAFKA_TANSU="127.0.0.1:$tansu_port"
 
 # --- the suite --------------------------------------------------------------
 log "cargo test (target dir: ${CARGO_TARGET_DIR:-target})"
-cargo test --locked "$@"
+# The failpoints feature compiles in the crash and race points the suite
+# forces (tests/it/failpoints.rs); release builds have none.
+cargo test --locked --features failpoints "$@"

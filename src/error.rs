@@ -24,7 +24,11 @@ pub enum KilnError {
     /// commit was refused and the input is to be read again.
     #[error("{0}")]
     Conflict(String),
-    /// A run that failed while executing, with where in the pipeline.
+    /// A query failed while it executed over the data (a value it cannot
+    /// handle), with where in the pipeline.
+    #[error("{0}")]
+    Execution(String),
+    /// A run that failed, with where in the pipeline.
     #[error("{0}")]
     Run(String),
     #[error("{context}: {source}")]

@@ -325,6 +325,8 @@ fn demo_text(report: &demo::DemoReport) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    // Test builds only (the `failpoints` feature): FAILPOINTS=name=action.
+    let _failpoints = fail::FailScenario::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

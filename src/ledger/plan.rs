@@ -29,6 +29,25 @@ pub struct Start {
     pub lost: Option<(i64, i64)>,
 }
 
+/// Why a feature set cannot start where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// Retention deleted records it never read (`on_data_loss` fail).
+    Lost(String),
+    /// Its position is past the partition's end: the topic was created
+    /// again, unless the broker's watermark lags behind what it serves
+    /// (the caller checks that the last record read is still there).
+    PastEnd { at: i64, message: String },
+}
+
+impl StartError {
+    pub fn message(&self) -> &str {
+        match self {
+            StartError::Lost(m) | StartError::PastEnd { message: m, .. } => m,
+        }
+    }
+}
+
 /// Where `feature_set` starts in `tp`, given its recorded position and the
 /// partition's low and high watermarks. A position the broker no longer
 /// has fails (or, with `skip`, starts at the low watermark and says what
@@ -41,7 +60,7 @@ pub fn start_position(
     (low, high): (i64, i64),
     start: StartAt,
     on_loss: OnDataLoss,
-) -> Result<Start, String> {
+) -> Result<Start, StartError> {
     let Some(at) = recorded else {
         let from = match start {
             StartAt::Earliest => low,
@@ -54,11 +73,14 @@ pub fn start_position(
         });
     };
     if at > high {
-        return Err(format!(
-            "feature set '{feature_set}' has read {tp} up to offset {at}, but the partition now ends at \
+        return Err(StartError::PastEnd {
+            at,
+            message: format!(
+                "feature set '{feature_set}' has read {tp} up to offset {at}, but the partition now ends at \
              {high}: the topic was deleted and created again, or this is another cluster; nothing was read \
              (point the pipeline at the right topic, or write into a new feature set)"
-        ));
+            ),
+        });
     }
     if at >= low {
         return Ok(Start {
@@ -68,12 +90,12 @@ pub fn start_position(
         });
     }
     match on_loss {
-        OnDataLoss::Fail => Err(format!(
+        OnDataLoss::Fail => Err(StartError::Lost(format!(
             "feature set '{feature_set}' has read {tp} up to offset {at}, but the broker now keeps only \
              offsets {low}..{high}: the topic's retention deleted {at}..{low} before this pipeline read \
              them; nothing was read (set 'on_data_loss' 'skip' to record the gap in the lineage and go \
              on from {low})"
-        )),
+        ))),
         OnDataLoss::Skip => Ok(Start {
             from: low,
             recorded: true,
@@ -179,9 +201,11 @@ mod tests {
         assert_eq!(at(Some(5), (5, 50), Earliest, Fail), plain(5, true));
         assert_eq!(at(Some(50), (5, 50), Earliest, Fail), plain(50, true));
         let lost = at(Some(2), (5, 50), Earliest, Fail).unwrap_err();
+        assert!(matches!(lost, StartError::Lost(_)), "{lost:?}");
+        let text = lost.message();
         assert!(
-            lost.contains("t/0") && lost.contains("2..5") && lost.contains("on_data_loss"),
-            "{lost}"
+            text.contains("t/0") && text.contains("2..5") && text.contains("on_data_loss"),
+            "{text}"
         );
         assert_eq!(
             at(Some(2), (5, 50), Earliest, Skip),
@@ -193,7 +217,11 @@ mod tests {
         );
         for loss in [Fail, Skip] {
             let recreated = at(Some(80), (0, 10), Earliest, loss).unwrap_err();
-            assert!(recreated.contains("created again"), "{recreated}");
+            assert!(
+                matches!(recreated, StartError::PastEnd { at: 80, .. }),
+                "{recreated:?}"
+            );
+            assert!(recreated.message().contains("created again"), "{recreated:?}");
         }
     }
 

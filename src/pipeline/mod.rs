@@ -37,9 +37,13 @@ pub struct Pipeline {
     pub name: String,
     /// The path as the user gave it, for messages.
     pub file: String,
-    /// The SQL after variable substitution: what ran, and what is hashed.
+    /// The SQL after variable substitution: what runs. It may hold secrets;
+    /// never log it.
     pub sql: String,
-    /// sha256 of `sql`, hex.
+    /// sha256 (hex) of the file's text and the values of its variables,
+    /// except those in options that hold credentials (see [`secret_option`]):
+    /// the lineage names the SQL that ran without letting anyone who can
+    /// read the table test guesses of a password.
     pub sql_sha256: String,
     pub statements: Vec<Statement>,
     /// Every feature set the file's INSERTs write, also after
@@ -70,7 +74,7 @@ impl Pipeline {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pipeline".to_string());
         let statements = parse::parse_statements(file, &substituted.text, &substituted.map)?;
-        let sql_sha256 = hex(&Sha256::digest(substituted.text.as_bytes()));
+        let sql_sha256 = lineage_hash(text, &substituted, &statements);
         let writes = statements
             .iter()
             .filter_map(|s| match &s.kind {
@@ -176,6 +180,111 @@ impl Pipeline {
     }
 }
 
+/// Whether an option's value is a credential: its variables are left out
+/// of the lineage's hash.
+pub fn secret_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "jaas",
+        "oauthbearer",
+        "private",
+        "key.pem",
+        "access_key",
+        "access.key",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+/// The hash of the template and of every variable's value, a secret one
+/// (put in the value of an option [`secret_option`] names) as its name only.
+fn lineage_hash(template: &str, substituted: &vars::Substituted, statements: &[Statement]) -> String {
+    // Char ranges of secret option values in the substituted text.
+    let mut secret_spans = Vec::new();
+    for stmt in statements {
+        let mut tokens = stmt
+            .tokens
+            .iter()
+            .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+            .peekable();
+        while let Some(t) = tokens.next() {
+            if let Token::SingleQuotedString(key) = &t.token
+                && secret_option(key)
+                && let Some(value) = tokens.peek()
+                && matches!(value.token, Token::SingleQuotedString(_))
+            {
+                let (start, end) = (value.span.start, value.span.end);
+                secret_spans.push((
+                    substituted.map.output_offset(start.line, start.column),
+                    substituted.map.output_offset(end.line, end.column),
+                ));
+            }
+        }
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(template.as_bytes());
+    for v in &substituted.values {
+        let secret = secret_spans
+            .iter()
+            .any(|&(s, e)| v.start < e && s < v.end.max(v.start + 1));
+        hasher.update(b"\0");
+        hasher.update(v.name.as_bytes());
+        if !secret {
+            hasher.update(b"=");
+            hasher.update(v.value.as_bytes());
+        }
+    }
+    hex(&hasher.finalize())
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    const TEXT: &str = "CREATE EXTERNAL TABLE clicks (id BIGINT) STORED AS JSON LOCATION 'kafka://${TOPIC}'\n\
+        OPTIONS ('bootstrap.servers' 'b:9092', 'sasl.username' 'kiln', 'sasl.password' '${PASSWORD}');\n\
+        CREATE EXTERNAL TABLE fs STORED AS FEATURES LOCATION 'out/fs' OPTIONS ('key' 'id');\n\
+        INSERT INTO fs SELECT id FROM clicks;\n";
+
+    fn load(topic: &str, password: &str) -> Pipeline {
+        let vars = Variables::only(BTreeMap::from([
+            ("TOPIC".to_string(), topic.to_string()),
+            ("PASSWORD".to_string(), password.to_string()),
+        ]));
+        Pipeline::from_text("p.sql", TEXT, &vars).unwrap()
+    }
+
+    #[test]
+    fn the_lineage_hash_leaves_secrets_out() {
+        let a = load("clicks", "hunter2");
+        // A password holding a quote is still one option value.
+        let b = load("clicks", "it's a secret");
+        let (_, decl) = b.kafka_sources().next().unwrap();
+        assert!(
+            decl.options
+                .client
+                .contains(&("sasl.password".to_string(), "it's a secret".to_string()))
+        );
+        assert_eq!(
+            a.sql_sha256, b.sql_sha256,
+            "the password does not change the hash"
+        );
+        assert_ne!(
+            a.sql_sha256,
+            load("views", "hunter2").sql_sha256,
+            "other variables do"
+        );
+        assert!(secret_option("ssl.key.password") && secret_option("sasl.oauthbearer.client.secret"));
+        assert!(!secret_option("sasl.username") && !secret_option("bootstrap.servers"));
+    }
 }

@@ -124,6 +124,25 @@ fn position_of(line_starts: &[usize], offset: usize) -> Position {
 pub struct Substituted {
     pub text: String,
     pub map: SourceMap,
+    /// Every value put in, in order.
+    pub values: Vec<Substitution>,
+}
+
+/// One `${NAME}` and what replaced it.
+#[derive(Debug, Clone)]
+pub struct Substitution {
+    pub name: String,
+    pub value: String,
+    /// Char offsets of the value in the substituted text.
+    pub start: usize,
+    pub end: usize,
+}
+
+impl SourceMap {
+    /// The char offset in the substituted text of a 1-based (line, column).
+    pub fn output_offset(&self, line: u64, column: u64) -> usize {
+        offset_of(&self.output_line_starts, line, column)
+    }
 }
 
 /// Replace every `${NAME}` / `${NAME:-default}` in `text`. Every missing or
@@ -139,6 +158,11 @@ pub fn substitute(text: &str, vars: &Variables, file: &str) -> Result<Substitute
         verbatim: true,
     }];
     let mut problems = Vec::new();
+    let mut values = Vec::new();
+    // Where the template is: inside a '...' literal, or a -- comment. A
+    // value put inside a literal has its quotes doubled, so that it stays
+    // one literal whatever it holds (a password with a ' in it).
+    let (mut in_literal, mut in_comment) = (false, false);
     let mut i = 0;
     while i < chars.len() {
         if chars[i] == '$' && chars.get(i + 1) == Some(&'{') {
@@ -181,8 +205,20 @@ pub fn substitute(text: &str, vars: &Variables, file: &str) -> Result<Substitute
                 orig_start: i,
                 verbatim: false,
             });
-            out.push_str(&value);
-            out_len += value.chars().count();
+            let text = if in_literal {
+                value.replace('\'', "''")
+            } else {
+                value.clone()
+            };
+            out.push_str(&text);
+            let start = out_len;
+            out_len += text.chars().count();
+            values.push(Substitution {
+                name: name.to_string(),
+                value,
+                start,
+                end: out_len,
+            });
             i += close + 3;
             segments.push(Segment {
                 out_start: out_len,
@@ -190,7 +226,15 @@ pub fn substitute(text: &str, vars: &Variables, file: &str) -> Result<Substitute
                 verbatim: true,
             });
         } else {
-            out.push(chars[i]);
+            let c = chars[i];
+            if in_comment {
+                in_comment = c != '\n';
+            } else if c == '\'' {
+                in_literal = !in_literal;
+            } else if !in_literal && c == '-' && chars.get(i + 1) == Some(&'-') {
+                in_comment = true;
+            }
+            out.push(c);
             out_len += 1;
             i += 1;
         }
@@ -206,6 +250,7 @@ pub fn substitute(text: &str, vars: &Variables, file: &str) -> Result<Substitute
             original_line_starts,
             output_line_starts,
         },
+        values,
     })
 }
 
@@ -220,6 +265,31 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_value_inside_a_literal_stays_one_literal() {
+        let s = substitute(
+            "OPTIONS ('sasl.password' '${P}') -- it's ${C}\nSELECT ${E}",
+            &vars(&[("P", "it's"), ("C", "x'y"), ("E", "'lit'")]),
+            "f",
+        )
+        .unwrap();
+        // Inside '...': doubled. In a comment or bare SQL: as given.
+        assert_eq!(
+            s.text,
+            "OPTIONS ('sasl.password' 'it''s') -- it's x'y\nSELECT 'lit'"
+        );
+        let p = &s.values[0];
+        assert_eq!((p.name.as_str(), p.value.as_str()), ("P", "it's"));
+        assert_eq!(
+            s.text
+                .chars()
+                .skip(p.start)
+                .take(p.end - p.start)
+                .collect::<String>(),
+            "it''s"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{KilnError, Result};
 use crate::featureset::{self, DeadLetter, KafkaInput, OpenTables};
-use crate::ledger::plan::{self, Start};
+use crate::ledger::plan::{self, Start, StartError};
 use crate::ledger::{self, Ledger, Positions};
 use crate::pipeline::{Pipeline, Problem};
 pub use crate::source::kafka::KafkaSource;
@@ -76,33 +76,51 @@ pub async fn watermarks(sources: &[KafkaSource]) -> Result<BTreeMap<String, Wate
 pub type Watermarks = BTreeMap<TopicPartition, (i64, i64)>;
 
 /// Where `feature_set` starts in each partition of `source`, from its
-/// ledger's positions (a [`Problem`]-free error names the partition and
-/// the lost range when retention got there first).
-pub fn starts(
+/// ledger's positions: an error names the partition and the lost range
+/// when retention got there first, or says the topic was created again.
+pub async fn starts(
     feature_set: &str,
     source: &KafkaSource,
     recorded: &Positions,
     marks: &Watermarks,
 ) -> Result<BTreeMap<TopicPartition, Start>> {
-    marks
-        .iter()
-        .map(|(tp, &m)| {
-            let options = &source.decl.options;
-            plan::start_position(
-                feature_set,
-                tp,
-                recorded.get(tp).copied(),
-                m,
-                options.start,
-                options.on_data_loss,
-            )
-            .map(|s| (tp.clone(), s))
-            .map_err(KilnError::Kafka)
-        })
-        .collect()
+    let options = &source.decl.options;
+    let mut out = BTreeMap::new();
+    for (tp, &m) in marks {
+        let planned = plan::start_position(
+            feature_set,
+            tp,
+            recorded.get(tp).copied(),
+            m,
+            options.start,
+            options.on_data_loss,
+        );
+        let start = match planned {
+            Ok(start) => start,
+            Err(StartError::PastEnd { at, message }) => {
+                // A broker may report a high watermark behind the records it
+                // serves; the last record read still being there says so.
+                let last = read::fetch_raw(&source.client, tp.clone(), vec![at - 1]).await;
+                if !last.is_ok_and(|found| !found.is_empty()) {
+                    return Err(KilnError::Kafka(message));
+                }
+                tracing::warn!(partition = %tp, position = at, high_watermark = m.1,
+                    "the broker reports a high watermark behind records it serves; going on from the recorded position");
+                Start {
+                    from: at,
+                    recorded: true,
+                    lost: None,
+                }
+            }
+            Err(e) => return Err(KilnError::Kafka(e.message().to_string())),
+        };
+        out.insert(tp.clone(), start);
+    }
+    Ok(out)
 }
 
 /// What a pass read from one source.
+#[derive(Clone)]
 pub struct SourceReads {
     pub source: KafkaSource,
     pub reads: Vec<PartitionRead>,
@@ -253,8 +271,8 @@ pub fn check_bad_record_limits(reads: &[SourceReads]) -> Result<()> {
                     })
                     .unwrap_or_default();
                 return Err(KilnError::Run(format!(
-                    "source '{}': {bad} of {read} records could not be decoded, more than max.bad.records \
-                     ({limit}); nothing was committed{first}",
+                    "source '{}': {bad} of {read} records could not be decoded or made the pipeline's SQL fail, \
+                     more than max.bad.records ({limit}); nothing was committed{first}",
                     r.source.decl.name
                 )));
             }

@@ -11,7 +11,9 @@
 mod check;
 mod explain;
 pub(crate) mod kafka;
+mod poison;
 mod progress;
+mod retry;
 mod stream;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +35,7 @@ use crate::source::kafka::{PartitionRange, TopicPartition};
 pub use check::{CheckReport, check_paths};
 pub use explain::{InsertPlan, explain_pipeline};
 use progress::Progress;
+use retry::Retries;
 pub use stream::{StreamOptions, StreamSummary, parse_duration, stream_pipeline};
 
 /// How a run was started and how it reports.
@@ -108,7 +111,7 @@ impl RunSummary {
 
 /// A lost race (another run or worker consumed the same input first) is
 /// planned again from the ledger this many times before the run fails.
-const MAX_CONFLICT_RETRIES: u32 = 5;
+const MAX_CONFLICT_RETRIES: usize = 5;
 
 /// Run `pipeline` once.
 pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<RunSummary> {
@@ -131,7 +134,11 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
         kafka: None,
         feature_sets: Vec::new(),
     };
-    let mut conflicts = 0;
+    let mut conflicts = Retries::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+        MAX_CONFLICT_RETRIES,
+    );
     loop {
         let attempt = Attempt {
             pipeline,
@@ -147,10 +154,11 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
                 summary.elapsed_ms = started.elapsed().as_millis();
                 return Ok(summary);
             }
-            Err(e) if featureset::lost_position_race(&e) && conflicts < MAX_CONFLICT_RETRIES => {
-                conflicts += 1;
-                let wait = std::time::Duration::from_millis(200 * 2u64.pow(conflicts));
-                tracing::warn!(error = %e, attempt = conflicts, wait_ms = wait.as_millis() as u64,
+            Err(e) if featureset::lost_position_race(&e) => {
+                let Some(wait) = conflicts.next_wait() else {
+                    return Err(e);
+                };
+                tracing::warn!(error = %e, attempt = conflicts.attempts(), wait_ms = wait.as_millis() as u64,
                     "another writer consumed the same input first; planning again from the feature sets");
                 tokio::time::sleep(wait).await;
             }
@@ -199,12 +207,9 @@ impl Attempt<'_> {
             ledger::refuse_other_pipelines(&ledger, &name, &pipeline.name, partitions.chain(files))?;
             let mut kafka = BTreeMap::new();
             for source in self.kafka_sources {
-                kafka.extend(kafka::starts(
-                    &name,
-                    source,
-                    &ledger.kafka,
-                    &self.ends[&source.decl.name],
-                )?);
+                kafka.extend(
+                    kafka::starts(&name, source, &ledger.kafka, &self.ends[&source.decl.name]).await?,
+                );
             }
             standings.push(Standing {
                 name: name.clone(),
@@ -257,7 +262,6 @@ impl Attempt<'_> {
             if g.targets.len() < standings.len() {
                 tracing::info!(feature_sets = ?g.targets, "feature sets that stand apart from the others run on their own");
             }
-            let ctx = session(self.options)?;
             let pass = Pass {
                 reads: kafka::slice_from(&reads, &g.kafka),
                 files: has_incremental.then(|| g.new_files.clone()),
@@ -270,15 +274,13 @@ impl Attempt<'_> {
                 first_positions: g.first_positions,
                 has_kafka,
             };
-            kafka::register(&ctx, &pass.reads)?;
-            let done = run_pass(
-                &ctx,
+            let done = run_group(
                 &pipeline.only_inserts_into(&g.targets),
                 self.options,
                 self.tables,
                 self.run_id,
                 self.started,
-                &pass,
+                pass,
             )
             .await?;
             summary.input_files += done.input_files;
@@ -351,16 +353,33 @@ impl KafkaSummary {
     }
 }
 
-/// Plan, execute and commit one micro-batch of `kiln stream`.
-async fn run_batch(
-    ctx: &datafusion::prelude::SessionContext,
+/// Run one group's pass in a session of its own. A pass whose queries fail
+/// on Kafka records is run again without the records that fail them by
+/// themselves, which go to the dead letters (see [`poison`]).
+async fn run_group(
     pipeline: &Pipeline,
     options: &RunOptions,
     tables: &OpenTables,
-    pass: &Pass,
+    run_id: &str,
+    started: Instant,
+    mut pass: Pass,
 ) -> Result<RunSummary> {
-    let run_id = uuid::Uuid::new_v4().to_string();
-    run_pass(ctx, pipeline, options, tables, &run_id, Instant::now(), pass).await
+    let mut searched = false;
+    loop {
+        let ctx = session(options)?;
+        kafka::register(&ctx, &pass.reads)?;
+        match run_pass(&ctx, pipeline, options, tables, run_id, started, &pass).await {
+            Err(e @ KilnError::Execution(_)) if pass.has_kafka && !searched => {
+                searched = true;
+                tracing::warn!(error = %e, "the pass failed while executing; looking for the records that fail it");
+                match poison::set_aside(pipeline, options, tables, &pass).await? {
+                    Some(clean) => pass = clean,
+                    None => return Err(e),
+                }
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Plan, execute every INSERT, then commit: one pass of a run.
@@ -487,8 +506,20 @@ async fn run_pass(
                 input.read_at = Some(v);
             }
         }
+        if !committed.is_empty() {
+            fail::fail_point!("run-between-feature-sets", |_| Err(failpoint(
+                "run-between-feature-sets"
+            )));
+        }
         let dead_letters = if pass.has_kafka {
-            commit_dead_letters(pipeline, tables, run_id, &write, &pass.reads).await?
+            fail::fail_point!("run-before-dead-letters", |_| Err(failpoint(
+                "run-before-dead-letters"
+            )));
+            let written = commit_dead_letters(pipeline, tables, run_id, &write, &pass.reads).await?;
+            fail::fail_point!("run-after-dead-letters", |_| Err(failpoint(
+                "run-after-dead-letters"
+            )));
+            written
         } else {
             0
         };
@@ -516,6 +547,13 @@ async fn run_pass(
         kafka: kafka_summary,
         feature_sets: outcomes,
     })
+}
+
+/// The error a failpoint set to `return` raises (test builds only, with
+/// the `failpoints` feature and `FAILPOINTS=name=return`).
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn failpoint(name: &str) -> KilnError {
+    KilnError::Io(format!("failpoint {name}"))
 }
 
 fn modified_ms(rfc3339: &str) -> i64 {
@@ -627,7 +665,7 @@ fn files_read(planned: &PlannedPipeline) -> Vec<InputFile> {
 }
 
 fn with_place(place: String, e: KilnError) -> KilnError {
-    KilnError::Run(format!("{place}: {e}"))
+    KilnError::Execution(format!("{place}: {e}"))
 }
 
 /// Run one INSERT's query to completion, keeping its rows in storable form.

@@ -5,10 +5,12 @@
 //! `--batch-interval`, and becomes one Delta commit per feature set carrying
 //! the offsets it consumed. Positions always come from the feature sets:
 //! when a partition arrives (start, rebalance) and after any failed batch,
-//! the member reads them and seeks there. A commit whose positions another
-//! worker wrote first fails in Delta's conflict check; the batch is dropped
-//! and the partitions are read again from the table's positions. So a
-//! record reaches each feature set once, whatever is killed when.
+//! the member reads them (noting the version each was read at) and seeks
+//! there. A commit is checked against every commit since each of its
+//! partitions' positions was read ([`crate::ledger::conflict`]); one that
+//! another worker beat is dropped and its partitions are read again from the
+//! table's positions. So a record reaches each feature set once, whatever is
+//! killed when and however partitions move.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,8 @@ use rdkafka::Offset;
 use serde::Serialize;
 
 use super::kafka::{self, SourceReads};
-use super::{Pass, ReadAt, RunOptions, RunSummary, run_batch, session};
+use super::retry::Retries;
+use super::{Pass, ReadAt, RunOptions, RunSummary, run_group, session};
 use crate::error::{KilnError, Result};
 use crate::featureset::{self, OpenTables};
 use crate::ledger::{self, Positions, plan};
@@ -51,10 +54,17 @@ pub struct StreamSummary {
     pub abandoned_at_shutdown: bool,
 }
 
+/// How long a worker may hold no partitions before it checks the lag.
+const IDLE_WARNING: Duration = Duration::from_secs(30);
+/// How often it says so again.
+const IDLE_REPEAT: Duration = Duration::from_secs(60);
 /// How often the loop looks at the buffer.
 const TICK: Duration = Duration::from_millis(20);
 /// Failures in a row (broker, store) before the worker gives up.
-const MAX_RETRIES: u32 = 10;
+const MAX_RETRIES: usize = 10;
+/// Lost races in a row before the worker gives up: partitions keep moving
+/// under it, or another writer uses this pipeline's name.
+const MAX_CONFLICTS: usize = 30;
 
 /// Where each feature set stands, as last read or written by this worker.
 #[derive(Debug, Default)]
@@ -152,7 +162,9 @@ pub async fn stream_pipeline(
             pipeline: pipeline.name.clone(),
             ..Default::default()
         },
-        failures: 0,
+        failures: Retries::new(Duration::from_millis(500), Duration::from_secs(30), MAX_RETRIES),
+        conflicts: Retries::new(Duration::from_millis(50), Duration::from_secs(5), MAX_CONFLICTS),
+        idle: None,
     };
     let result = worker.run(on_batch).await;
     let Worker { member, summary, .. } = worker;
@@ -173,7 +185,12 @@ struct Worker<'a> {
     tables: OpenTables,
     member: Member,
     summary: StreamSummary,
-    failures: u32,
+    /// Broker and store failures in a row.
+    failures: Retries,
+    /// Batches in a row refused because another worker committed first.
+    conflicts: Retries,
+    /// Since when the worker has held no partition, and when it last said so.
+    idle: Option<(std::time::Instant, Option<std::time::Instant>)>,
 }
 
 impl Worker<'_> {
@@ -191,6 +208,7 @@ impl Worker<'_> {
                 }
             }
             self.member.check_threads()?;
+            self.watch_idle().await;
             let (rows, bytes, age) = self.member.buffered();
             let due = rows >= self.options.batch_rows
                 || bytes >= self.options.batch_bytes
@@ -208,9 +226,11 @@ impl Worker<'_> {
             let timeout = self.options.shutdown_timeout;
             // None: the batch was abandoned at shutdown.
             let outcome = if stopping {
-                tokio::time::timeout(timeout, self.process(batch)).await.ok()
+                tokio::time::timeout(timeout, self.process(batch, epoch))
+                    .await
+                    .ok()
             } else {
-                let mut work = std::pin::pin!(self.process(batch));
+                let mut work = std::pin::pin!(self.process(batch, epoch));
                 tokio::select! {
                     outcome = &mut work => Some(outcome),
                     _ = &mut shutdown => {
@@ -226,23 +246,29 @@ impl Worker<'_> {
             };
             match outcome {
                 Ok(summaries) => {
-                    self.failures = 0;
+                    self.failures.reset();
+                    self.conflicts.reset();
                     for s in &summaries {
                         on_batch(s);
                     }
                 }
                 Err(e) => {
                     let moved = self.member.revocations() != epoch;
-                    if featureset::lost_position_race(&e) || moved {
-                        tracing::warn!(error = %e, "partitions moved to another worker during the batch; reading them again");
-                    } else if transient(&e) && self.failures < MAX_RETRIES {
-                        self.failures += 1;
-                        let wait = Duration::from_millis(500 * 2u64.pow(self.failures.min(6)));
-                        tracing::warn!(error = %e, attempt = self.failures, wait_ms = wait.as_millis() as u64, "batch failed; retrying");
-                        tokio::time::sleep(wait).await;
+                    let (retries, why) = if featureset::lost_position_race(&e) || moved {
+                        (
+                            &mut self.conflicts,
+                            "partitions moved to another worker during the batch; reading them again",
+                        )
+                    } else if transient(&e) {
+                        (&mut self.failures, "batch failed; retrying")
                     } else {
                         return Err(e);
-                    }
+                    };
+                    let Some(wait) = retries.next_wait() else {
+                        return Err(e);
+                    };
+                    tracing::warn!(error = %e, attempt = retries.attempts(), wait_ms = wait.as_millis() as u64, "{why}");
+                    tokio::time::sleep(wait).await;
                     self.summary.retried_batches += 1;
                     self.rewind().await?;
                 }
@@ -251,6 +277,59 @@ impl Worker<'_> {
                 return Ok(());
             }
         }
+    }
+
+    /// Say so, loudly and again every minute, when this worker has held no
+    /// partition for a while although its feature sets lag behind the
+    /// topic: the group is not handing out partitions (a stuck coordinator,
+    /// more workers than partitions while another is stuck), and nothing
+    /// else would show it.
+    async fn watch_idle(&mut self) {
+        if !self.member.assigned().is_empty() {
+            self.idle = None;
+            return;
+        }
+        let now = std::time::Instant::now();
+        let (since, said) = self.idle.get_or_insert((now, None));
+        if now.duration_since(*since) < IDLE_WARNING
+            || said.is_some_and(|t| now.duration_since(t) < IDLE_REPEAT)
+        {
+            return;
+        }
+        let idle_for = now.duration_since(*since);
+        *said = Some(now);
+        match self.lag().await {
+            Ok(0) => tracing::info!(
+                idle_s = idle_for.as_secs(),
+                "holding no partitions; the feature sets are level with the topic"
+            ),
+            Ok(lag) => tracing::error!(
+                idle_s = idle_for.as_secs(),
+                lag,
+                "this worker has held no partitions for {}s while its feature sets are {lag} records behind the topic: \
+                 the consumer group is not assigning them (check the other workers and the group coordinator)",
+                idle_for.as_secs()
+            ),
+            Err(e) => tracing::warn!(error = %e, "holding no partitions; could not read the group's lag"),
+        }
+    }
+
+    /// Records on the topic that the furthest-behind feature set has not consumed.
+    async fn lag(&self) -> Result<i64> {
+        let marks = read::watermarks(&self.source.client, &self.source.decl.topics).await?;
+        let mut worst = 0;
+        for (_, location) in &self.targets {
+            let table = self.tables.latest(location).await?;
+            let ledger = ledger::read(table.as_ref(), &self.pipeline.name).await?;
+            let lag: i64 = marks
+                .iter()
+                .map(|(tp, &(low, high))| {
+                    (high - ledger.kafka.get(tp).copied().unwrap_or(low).max(low)).max(0)
+                })
+                .sum();
+            worst = worst.max(lag);
+        }
+        Ok(worst)
     }
 
     /// Drop what is buffered and read every held partition again from the
@@ -271,9 +350,9 @@ impl Worker<'_> {
 
     /// Decode, run and commit one batch; per group of feature sets standing
     /// at the same positions, one pass.
-    async fn process(&mut self, batch: TakenBatch) -> Result<Vec<RunSummary>> {
+    async fn process(&mut self, batch: TakenBatch, epoch: u64) -> Result<Vec<RunSummary>> {
         let started = std::time::Instant::now();
-        let reads = self.decode(batch);
+        let reads = self.decode(batch)?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "decoded the rest of the batch"
@@ -289,7 +368,6 @@ impl Worker<'_> {
             if reads.is_empty() {
                 continue;
             }
-            let ctx = session(&self.options.run)?;
             let ranges: Vec<PartitionRange> = reads.iter().map(|r| r.range.clone()).collect();
             let pass = Pass {
                 reads: vec![SourceReads {
@@ -302,9 +380,22 @@ impl Worker<'_> {
                 first_positions: false,
                 has_kafka: true,
             };
-            kafka::register(&ctx, &pass.reads)?;
             let pass_pipeline = self.pipeline.only_inserts_into(&targets);
-            let summary = run_batch(&ctx, &pass_pipeline, &self.options.run, &self.tables, &pass).await?;
+            if self.member.revocations() != epoch {
+                // A test holds here the commit of an owner whose partitions
+                // were revoked mid-batch, so that it lands late.
+                fail::fail_point!("stream-revoked-before-commit");
+            }
+            let run_id = uuid::Uuid::new_v4().to_string();
+            let summary = run_group(
+                &pass_pipeline,
+                &self.options.run,
+                &self.tables,
+                &run_id,
+                started,
+                pass,
+            )
+            .await?;
             self.committed(&summary, &ranges);
             summaries.push(summary);
         }
@@ -314,7 +405,7 @@ impl Worker<'_> {
     /// The batch's rows per partition. The decode thread decoded most of
     /// them as they arrived; what it had not yet is decoded here, the
     /// partitions spread over the cores.
-    fn decode(&self, batch: TakenBatch) -> Vec<PartitionRead> {
+    fn decode(&self, batch: TakenBatch) -> Result<Vec<PartitionRead>> {
         let decoder = &self.source.decoder;
         let finish = |mut part: TakenPartition| -> PartitionRead {
             let to = part.to();
@@ -341,7 +432,7 @@ impl Worker<'_> {
             read
         };
         if batch.iter().filter(|p| !p.pending.is_empty()).count() <= 1 {
-            return batch.into_iter().map(finish).collect();
+            return Ok(batch.into_iter().map(finish).collect());
         }
         let threads = self.options.run.resources.target_partitions.max(1);
         let mut shares: Vec<TakenBatch> = (0..threads).map(|_| Vec::new()).collect();
@@ -356,10 +447,23 @@ impl Worker<'_> {
                 .filter(|share| !share.is_empty())
                 .map(|share| scope.spawn(move || share.into_iter().map(finish).collect::<Vec<_>>()))
                 .collect();
-            running
-                .into_iter()
-                .flat_map(|t| t.join().expect("a decode thread panicked"))
-                .collect()
+            let mut reads = Vec::new();
+            for t in running {
+                // A decoder bug fails the batch, and the worker, with an
+                // error rather than a panic.
+                let decoded = t.join().map_err(|panic| {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    KilnError::Kafka(format!(
+                        "decoding a batch failed: a decode thread panicked: {why}"
+                    ))
+                })?;
+                reads.extend(decoded);
+            }
+            Ok(reads)
         })
     }
 
@@ -428,6 +532,8 @@ impl Worker<'_> {
 
     /// Remember what a pass committed, and tell the group.
     fn committed(&mut self, summary: &RunSummary, ranges: &[PartitionRange]) {
+        // Between the Delta commit and the group's offset commit.
+        fail::fail_point!("stream-after-commit");
         let mut standing = self.standing.lock().expect("standing lock");
         for outcome in &summary.feature_sets {
             let entry = standing.targets.entry(outcome.feature_set.clone()).or_default();
@@ -472,7 +578,7 @@ async fn read_standing(
         let table = tables.latest(location).await?;
         let ledger = ledger::read(table.as_ref(), pipeline).await?;
         ledger::refuse_other_pipelines(&ledger, name, pipeline, marks.keys().map(ledger::kafka_key))?;
-        let starts = kafka::starts(name, source, &ledger.kafka, &marks)?;
+        let starts = kafka::starts(name, source, &ledger.kafka, &marks).await?;
         let mut standing = standing.lock().expect("standing lock");
         let entry = standing.targets.entry(name.clone()).or_default();
         for (tp, start) in starts {

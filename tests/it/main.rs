@@ -6,9 +6,11 @@ mod common;
 
 mod check_errors;
 mod demo;
+mod failpoints;
 mod incremental;
 mod kafka;
 mod ledger;
+mod rebalance;
 mod run_local;
 mod s3;
 mod stream;

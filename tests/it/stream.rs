@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::common::*;
 use crate::kafka::{NOIDA_FETCH, Record, assert_group_offsets, broker, new_topic, produce};
 
-fn tansu() -> String {
+pub fn tansu() -> String {
     std::env::var("KILN_TEST_KAFKA_TANSU").expect(
         "KILN_TEST_KAFKA_TANSU is not set: run the suite through scripts/test.sh, which starts the tansu broker",
     )
@@ -20,7 +20,7 @@ fn tansu() -> String {
 
 /// How workers of a test identify themselves to the group.
 #[derive(Clone, Copy, PartialEq)]
-enum Membership {
+pub enum Membership {
     /// A new member each start: a killed one is dropped when its session
     /// times out.
     Dynamic,
@@ -32,7 +32,7 @@ enum Membership {
 }
 
 /// A stream pipeline over `topic`: every record becomes one row.
-fn pipeline(topic: &str, membership: Membership) -> String {
+pub fn pipeline(topic: &str, membership: Membership) -> String {
     let group = format!("kiln-test-{}", uuid::Uuid::new_v4().simple());
     let instance = match membership {
         Membership::Dynamic => String::new(),
@@ -49,7 +49,7 @@ fn pipeline(topic: &str, membership: Membership) -> String {
     )
 }
 
-fn records(first: i64, n: i64, partitions: i32) -> Vec<Record> {
+pub fn records(first: i64, n: i64, partitions: i32) -> Vec<Record> {
     (first..first + n)
         .map(|id| {
             let value = format!(
@@ -62,7 +62,7 @@ fn records(first: i64, n: i64, partitions: i32) -> Vec<Record> {
         .collect()
 }
 
-fn start_stream(dir: &Path, brokers: &str, log: &str, extra: &[&str]) -> Child {
+pub fn start_stream(dir: &Path, brokers: &str, log: &str, extra: &[&str]) -> Child {
     let out = std::fs::File::create(dir.join(format!("{log}.out"))).unwrap();
     let err = std::fs::File::create(dir.join(format!("{log}.err"))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -77,7 +77,7 @@ fn start_stream(dir: &Path, brokers: &str, log: &str, extra: &[&str]) -> Child {
         .expect("kiln stream starts")
 }
 
-fn signal(child: &Child, sig: &str) {
+pub fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -86,7 +86,7 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// Rows committed so far (the sum over the feature set's versions).
-fn committed_rows(dir: &Path) -> u64 {
+pub fn committed_rows(dir: &Path) -> u64 {
     if !has_delta_log(&dir.join("out/seen")) {
         return 0;
     }
@@ -101,7 +101,7 @@ fn committed_rows(dir: &Path) -> u64 {
         .sum()
 }
 
-fn wait_for_rows(dir: &Path, rows: u64, limit: Duration) {
+pub fn wait_for_rows(dir: &Path, rows: u64, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
         let now = committed_rows(dir);
@@ -117,7 +117,7 @@ fn wait_for_rows(dir: &Path, rows: u64, limit: Duration) {
 }
 
 /// Stop with SIGTERM; it must exit 0 on its own.
-fn stop(mut child: Child, dir: &Path, log: &str) {
+pub fn stop(mut child: Child, dir: &Path, log: &str) {
     signal(&child, "-TERM");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -150,7 +150,7 @@ print(json.dumps({"rows": len(ids), "distinct": pc.count_distinct(ids).as_py(),
     python_json(SCRIPT, &[&dir.join("out/seen").display().to_string()], &[])
 }
 
-fn assert_every_id_once(dir: &Path, n: i64) {
+pub fn assert_every_id_once(dir: &Path, n: i64) {
     let census = id_census(dir);
     assert_eq!(census["rows"], n, "{census}");
     assert_eq!(census["distinct"], n, "{census}");
@@ -192,7 +192,7 @@ fn stream_stops_cleanly_and_resumes(brokers: &str) {
 }
 
 /// Wait until the worker's log (KILN_LOG=info) has a line with `text`.
-fn wait_for_log(dir: &Path, log: &str, text: &str) {
+pub fn wait_for_log(dir: &Path, log: &str, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(dir.join(format!("{log}.err")))
         .unwrap_or_default()
@@ -203,7 +203,7 @@ fn wait_for_log(dir: &Path, log: &str, text: &str) {
     }
 }
 
-fn ids_in(dir: &Path, name: &str) -> Vec<i64> {
+pub fn ids_in(dir: &Path, name: &str) -> Vec<i64> {
     const SCRIPT: &str = r#"
 import json, sys
 from deltalake import DeltaTable
@@ -256,6 +256,26 @@ fn a_feature_set_added_later_starts_latest_alone(brokers: &str) {
     stop(worker, d, "w2");
     assert_eq!(ids_in(d, "seen"), (100..350).collect::<Vec<_>>());
     assert_eq!(ids_in(d, "later"), (300..350).collect::<Vec<_>>());
+}
+
+/// A record the SQL cannot handle does not stop the worker: it goes to the
+/// dead letters and the rest of its batch commits.
+#[test]
+fn noida_stream_sets_poison_records_aside() {
+    use crate::kafka::{assert_poison_in_dead_letters, casting_pipeline, coded};
+    let brokers = broker();
+    let topic = new_topic(&brokers, "poison-stream", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let group = format!(", 'group.id' 'kiln-test-{}'", uuid::Uuid::new_v4().simple());
+    write(&d.join("seen.sql"), &casting_pipeline(&topic, &group));
+    let poisoned = [3, 1500, 2999];
+    produce(&brokers, &topic, &coded(3000, 2, &poisoned));
+    let worker = start_stream(d, &brokers, "w", &[]);
+    wait_for_rows(d, 2997, Duration::from_secs(90));
+    stop(worker, d, "w");
+    assert_eq!(id_census(d)["distinct"], 2997);
+    assert_poison_in_dead_letters(d, &topic, &poisoned, 2);
 }
 
 fn exactly_once_through_kills(brokers: &str, membership: Membership) {

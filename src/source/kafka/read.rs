@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
-use super::decode::{BadRecord, CHUNK_RECORDS, RecordDecoder};
+use super::decode::{BadRecord, CHUNK_RECORDS, RawRecord, RecordDecoder};
 use super::positions::{PartitionRange, TopicPartition};
 use super::records::RecordsBuilder;
 use crate::error::{KilnError, Result};
@@ -25,7 +25,7 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a run read from one topic-partition.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PartitionRead {
     /// `to` is where reading really stopped: below the planned end when the
     /// tail is not readable yet (an open transaction).
@@ -332,6 +332,66 @@ fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64>
         Offset::Offset(o) => Some(o),
         _ => None,
     }
+}
+
+/// The records at `offsets` of one topic-partition, raw, as the broker
+/// has them: for the dead letters of records whose rows a query could not
+/// handle (their decoded rows no longer hold the value's bytes).
+pub async fn fetch_raw(
+    client: &ClientConfig,
+    tp: TopicPartition,
+    offsets: Vec<i64>,
+) -> Result<Vec<RawRecord>> {
+    let client = client.clone();
+    blocking(move || {
+        let mut wanted: std::collections::BTreeSet<i64> = offsets.into_iter().collect();
+        let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else {
+            return Ok(Vec::new());
+        };
+        let consumer: BaseConsumer = client
+            .clone()
+            .set("auto.offset.reset", "error")
+            .create()
+            .map_err(kafka_error("creating a Kafka consumer"))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&tp.topic, tp.partition, Offset::Offset(first))
+            .map_err(kafka_error("assigning a partition"))?;
+        consumer
+            .assign(&assignment)
+            .map_err(kafka_error(&format!("assigning {tp}")))?;
+        let mut found = Vec::new();
+        let mut last_event = Instant::now();
+        while !wanted.is_empty() {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.partition() == tp.partition && m.topic() == tp.topic => {
+                    last_event = Instant::now();
+                    if wanted.remove(&m.offset()) {
+                        found.push(RawRecord {
+                            offset: m.offset(),
+                            timestamp_ms: m.timestamp().to_millis(),
+                            key: m.key().map(<[u8]>::to_vec),
+                            value: m.payload().map(<[u8]>::to_vec),
+                        });
+                    }
+                    if m.offset() >= last {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(kafka_error(&format!("reading {tp} again"))(e)),
+                _ => {}
+            }
+            if last_event.elapsed() > STALL_TIMEOUT {
+                return Err(KilnError::Kafka(format!(
+                    "reading offsets {first}..={last} of {tp} again stalled for {}s",
+                    STALL_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        Ok(found)
+    })
+    .await
 }
 
 /// Run blocking client work off the async threads.
