@@ -55,6 +55,10 @@ enum Command {
         /// What started this run, recorded in the lineage.
         #[arg(long, default_value = "manual")]
         trigger: String,
+        /// Read at most this many Kafka records in this run, shared out over
+        /// the partitions (a backfill in runs that each fit in memory).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_records: Option<u64>,
         /// The pipeline's name in the feature sets' ledgers and lineage
         /// (default: the file name without .sql). A renamed or copied file
         /// keeps reading where it stopped under its old name.
@@ -201,6 +205,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                 trigger: "demo".into(),
                 progress: true,
                 resources,
+                max_records: None,
             };
             let report = demo::run_demo(&dir, DemoSize { events }, &options).await?;
             print!("{}", demo_text(&report));
@@ -209,6 +214,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             file,
             set,
             trigger,
+            max_records,
             pipeline,
             output,
         } => {
@@ -217,6 +223,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                 trigger,
                 progress: output == Output::Text,
                 resources,
+                max_records,
             };
             let summary = run::run_pipeline(&pipeline, &options).await?;
             emit(output, &summary, report::run_summary);
@@ -245,6 +252,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                     trigger,
                     progress: false,
                     resources,
+                    max_records: None,
                 },
             };
             let on_batch = |s: &run::RunSummary| match output {

@@ -208,7 +208,7 @@ fn commit_error(e: DeltaTableError, name: &str, location: &str, new_table: bool)
 /// inputs first (a partition moved to another worker mid-batch, two runs
 /// overlapped): the inputs are to be read again from the ledger.
 pub fn lost_position_race(e: &KilnError) -> bool {
-    matches!(e, KilnError::Conflict(_))
+    e.fault() == crate::error::Fault::Conflict
 }
 
 /// A feature set as a read-only table (pinned to `version`, or the latest)

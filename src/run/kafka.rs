@@ -102,7 +102,7 @@ pub async fn starts(
                 // serves; the last record read still being there says so.
                 let last = read::fetch_raw(&source.client, tp.clone(), vec![at - 1]).await;
                 if !last.is_ok_and(|found| !found.is_empty()) {
-                    return Err(KilnError::Kafka(message));
+                    return Err(KilnError::DataLoss(message));
                 }
                 tracing::warn!(partition = %tp, position = at, high_watermark = m.1,
                     "the broker reports a high watermark behind records it serves; going on from the recorded position");
@@ -112,7 +112,7 @@ pub async fn starts(
                     lost: None,
                 }
             }
-            Err(e) => return Err(KilnError::Kafka(e.message().to_string())),
+            Err(e) => return Err(KilnError::DataLoss(e.message().to_string())),
         };
         out.insert(tp.clone(), start);
     }

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::engine::{self, PlannedInsert, PlannedPipeline, Resources};
-use crate::error::{Context, KilnError, Result};
+use crate::error::{Context, Fault, KilnError, Result};
 use crate::featureset::{
     self, InputFile, KafkaInput, Lineage, LostRange, OpenTables, StagedWrite, StatsCollector,
 };
@@ -46,6 +46,9 @@ pub struct RunOptions {
     /// Show a progress indicator (only when stderr is a terminal).
     pub progress: bool,
     pub resources: Resources,
+    /// The most Kafka records one bounded run reads (a backfill in steps
+    /// that each fit in memory); None: up to the high watermarks.
+    pub max_records: Option<u64>,
 }
 
 /// What happened to one feature set in a run.
@@ -112,6 +115,8 @@ impl RunSummary {
 /// A lost race (another run or worker consumed the same input first) is
 /// planned again from the ledger this many times before the run fails.
 const MAX_CONFLICT_RETRIES: usize = 5;
+/// Broker and store failures retried in a row before the run fails.
+const MAX_FAILURE_RETRIES: usize = 5;
 
 /// Run `pipeline` once.
 pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<RunSummary> {
@@ -139,6 +144,11 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
         std::time::Duration::from_secs(5),
         MAX_CONFLICT_RETRIES,
     );
+    let mut failures = Retries::new(
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(30),
+        MAX_FAILURE_RETRIES,
+    );
     loop {
         let attempt = Attempt {
             pipeline,
@@ -154,15 +164,23 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
                 summary.elapsed_ms = started.elapsed().as_millis();
                 return Ok(summary);
             }
-            Err(e) if featureset::lost_position_race(&e) => {
-                let Some(wait) = conflicts.next_wait() else {
+            Err(e) => {
+                // What committed stays committed: the next attempt plans
+                // again from the ledgers and does only what is left.
+                let (retries, why) = match e.fault() {
+                    Fault::Conflict => (
+                        &mut conflicts,
+                        "another writer consumed the same input first; planning again from the feature sets",
+                    ),
+                    Fault::External => (&mut failures, "a broker or store failed; trying again"),
+                    Fault::User | Fault::Internal => return Err(e),
+                };
+                let Some(wait) = retries.next_wait() else {
                     return Err(e);
                 };
-                tracing::warn!(error = %e, attempt = conflicts.attempts(), wait_ms = wait.as_millis() as u64,
-                    "another writer consumed the same input first; planning again from the feature sets");
+                tracing::warn!(error = %e, attempt = retries.attempts(), wait_ms = wait.as_millis() as u64, "{why}");
                 tokio::time::sleep(wait).await;
             }
-            Err(e) => return Err(e),
         }
     }
 }
@@ -201,7 +219,7 @@ impl Attempt<'_> {
             let table = self.tables.latest(&location).await?;
             let ledger = ledger::read(table.as_ref(), &pipeline.name)
                 .await
-                .map_err(|e| KilnError::Run(format!("reading what feature set '{name}' consumed: {e}")))?;
+                .map_err(|e| e.context(format!("reading what feature set '{name}' consumed")))?;
             let partitions = self.ends.values().flat_map(|m| m.keys().map(ledger::kafka_key));
             let files = listed.iter().map(|f| ledger::file_key(f));
             ledger::refuse_other_pipelines(&ledger, &name, &pipeline.name, partitions.chain(files))?;
@@ -254,7 +272,12 @@ impl Attempt<'_> {
                 .map_err(KilnError::Problems)?;
             return Ok(());
         }
-        let reads = kafka::read_all(self.kafka_sources, &plan::read_from(&busy), self.ends).await?;
+        let from = plan::read_from(&busy);
+        let ends = match self.options.max_records {
+            Some(cap) => capped(self.ends, &from, cap),
+            None => self.ends.clone(),
+        };
+        let reads = kafka::read_all(self.kafka_sources, &from, &ends).await?;
         if has_kafka {
             summary.kafka = Some(KafkaSummary::of(&reads));
         }
@@ -291,6 +314,32 @@ impl Attempt<'_> {
         kafka::report_to_groups(&reads).await;
         Ok(())
     }
+}
+
+/// `ends` moved in so that reading from `from` takes at most `cap` records,
+/// shared out evenly over the partitions that have any to read.
+fn capped(
+    ends: &BTreeMap<String, kafka::Watermarks>,
+    from: &ledger::Positions,
+    cap: u64,
+) -> BTreeMap<String, kafka::Watermarks> {
+    let start = |tp: &TopicPartition, low: i64| from.get(tp).copied().unwrap_or(low);
+    let behind = ends
+        .values()
+        .flatten()
+        .filter(|(tp, (low, high))| start(tp, *low) < *high)
+        .count()
+        .max(1) as u64;
+    let share = (cap / behind).max(1) as i64;
+    ends.iter()
+        .map(|(source, marks)| {
+            let marks = marks
+                .iter()
+                .map(|(tp, &(low, high))| (tp.clone(), (low, high.min(start(tp, low).saturating_add(share)))))
+                .collect();
+            (source.clone(), marks)
+        })
+        .collect()
 }
 
 /// The feature sets the INSERTs of `pipeline` write: (name, location), once each.
@@ -369,7 +418,10 @@ async fn run_group(
         let ctx = session(options)?;
         kafka::register(&ctx, &pass.reads)?;
         match run_pass(&ctx, pipeline, options, tables, run_id, started, &pass).await {
-            Err(e @ KilnError::Execution(_)) if pass.has_kafka && !searched => {
+            // A bad value, not a store failing under the query.
+            Err(e @ KilnError::Execution { .. })
+                if pass.has_kafka && !searched && e.fault() == Fault::User =>
+            {
                 searched = true;
                 tracing::warn!(error = %e, "the pass failed while executing; looking for the records that fail it");
                 match poison::set_aside(pipeline, options, tables, &pass).await? {
@@ -550,10 +602,11 @@ async fn run_pass(
 }
 
 /// The error a failpoint set to `return` raises (test builds only, with
-/// the `failpoints` feature and `FAILPOINTS=name=return`).
+/// the `failpoints` feature and `FAILPOINTS=name=return`): an internal
+/// fault, never retried, so the run stops there as a crash would.
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
 fn failpoint(name: &str) -> KilnError {
-    KilnError::Io(format!("failpoint {name}"))
+    KilnError::Run(format!("failpoint {name}"))
 }
 
 fn modified_ms(rfc3339: &str) -> i64 {
@@ -665,7 +718,10 @@ fn files_read(planned: &PlannedPipeline) -> Vec<InputFile> {
 }
 
 fn with_place(place: String, e: KilnError) -> KilnError {
-    KilnError::Execution(format!("{place}: {e}"))
+    KilnError::Execution {
+        place,
+        source: Box::new(e),
+    }
 }
 
 /// Run one INSERT's query to completion, keeping its rows in storable form.

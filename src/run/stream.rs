@@ -259,7 +259,7 @@ impl Worker<'_> {
                             &mut self.conflicts,
                             "partitions moved to another worker during the batch; reading them again",
                         )
-                    } else if transient(&e) {
+                    } else if e.is_retriable() {
                         (&mut self.failures, "batch failed; retrying")
                     } else {
                         return Err(e);
@@ -593,14 +593,6 @@ async fn read_standing(
         }
     }
     Ok(lowest)
-}
-
-/// Errors worth retrying: the broker, the object store, the Delta log.
-fn transient(e: &KilnError) -> bool {
-    matches!(
-        e,
-        KilnError::Delta { .. } | KilnError::Io(_) | KilnError::Kafka(_)
-    )
 }
 
 /// The longest duration an option takes: past it, timers would overflow.

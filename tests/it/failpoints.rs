@@ -178,3 +178,44 @@ fn an_owner_that_commits_after_losing_its_partitions_repeats_nothing() {
         "the late worker lost partitions:\n{log}"
     );
 }
+
+#[test]
+fn a_run_over_a_live_topic_ends_and_brings_feature_sets_level() {
+    let brokers = broker();
+    let topic = new_topic(&brokers, "fp-live", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("p.sql"), &two_feature_sets(&topic));
+    produce(&brokers, &topic, &records(0, 5000, 2));
+    // The feature sets stand apart: the first has 5,000 records, the second none.
+    kiln_env(
+        d,
+        &["run", "p.sql"],
+        &[
+            ("KAFKA", &brokers),
+            ("FAILPOINTS", "run-between-feature-sets=return"),
+        ],
+    )
+    .failed();
+    // Records keep arriving while the next run reads.
+    let producer = {
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        std::thread::spawn(move || {
+            for chunk in 0..150 {
+                produce(&brokers, &topic, &records(5000 + chunk * 100, 100, 2));
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    kiln_env(d, &["run", "p.sql"], &[("KAFKA", &brokers)]).ok();
+    assert!(
+        !producer.is_finished(),
+        "the run ended while records kept arriving"
+    );
+    producer.join().unwrap();
+    // Both stood level after that run; one more reads the rest for both.
+    kiln_env(d, &["run", "p.sql"], &[("KAFKA", &brokers)]).ok();
+    assert_eq!(ids_in(d, "seen"), (0..20_000).collect::<Vec<_>>());
+    assert_eq!(ids_in(d, "also"), (0..20_000).collect::<Vec<_>>());
+}

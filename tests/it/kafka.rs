@@ -776,3 +776,30 @@ fn records_the_sql_cannot_handle_go_to_the_dead_letters() {
     assert!(failed.stderr.contains("max.bad.records"), "{}", failed.stderr);
     assert!(!has_delta_log(&d.join("out/seen")));
 }
+
+#[test]
+fn a_backfill_runs_in_capped_steps() {
+    let case = Case::new("capped", 2);
+    let (brokers, topic, d) = (case.brokers.as_str(), case.topic.as_str(), case.dir.path());
+    let env = [("KAFKA", brokers)];
+    write(&d.join("seen.sql"), &pipeline(topic, ""));
+    produce(brokers, topic, &clicks(0, 1000, 2));
+    let step = |extra: &[&str]| {
+        let mut args = vec!["run", "seen.sql", "--output", "json"];
+        args.extend(extra);
+        kiln_env(d, &args, &env).ok().json()["feature_sets"][0]["rows"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(step(&["--max-records", "300"]), 300);
+    assert_eq!(step(&["--max-records", "300"]), 300);
+    assert_eq!(
+        ids_of(d, "seen"),
+        (0..600).collect::<Vec<_>>(),
+        "150 a partition each time"
+    );
+    assert_eq!(step(&[]), 400);
+    assert_eq!(ids_of(d, "seen"), (0..1000).collect::<Vec<_>>());
+    let zero = kiln_env(d, &["run", "seen.sql", "--max-records", "0"], &env).failed();
+    assert!(zero.stderr.contains("max-records"), "{}", zero.stderr);
+}

@@ -326,6 +326,33 @@ fn exactly_once_through_a_rebalance(brokers: &str) {
     assert_every_id_once(d, N);
 }
 
+/// Two workers started together on a feature set that does not exist yet:
+/// both plan against no table, and only one may commit each record.
+fn two_workers_start_together_on_a_new_feature_set(brokers: &str) {
+    const N: i64 = 40_000;
+    let topic = new_topic(brokers, "together", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("seen.sql"), &pipeline(&topic, Membership::Dynamic));
+    produce(brokers, &topic, &records(0, N, 4));
+    let a = start_stream(d, brokers, "a", &["--batch-rows", "2000"]);
+    let b = start_stream(d, brokers, "b", &["--batch-rows", "2000"]);
+    wait_for_rows(d, N as u64, Duration::from_secs(120));
+    stop(a, d, "a");
+    stop(b, d, "b");
+    assert_every_id_once(d, N);
+}
+
+#[test]
+fn noida_two_workers_start_together_on_a_new_feature_set() {
+    two_workers_start_together_on_a_new_feature_set(&broker());
+}
+
+#[test]
+fn tansu_two_workers_start_together_on_a_new_feature_set() {
+    two_workers_start_together_on_a_new_feature_set(&tansu());
+}
+
 #[test]
 fn noida_stream_stops_cleanly_and_resumes() {
     stream_stops_cleanly_and_resumes(&broker());

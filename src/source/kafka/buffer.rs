@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
-use super::decode::{BadRecord, CHUNK_RECORDS, RecordDecoder};
+use super::decode::{BadRecord, RecordDecoder};
 use super::positions::TopicPartition;
 use super::records::{Records, RecordsBuilder};
 
@@ -224,7 +224,7 @@ impl Buffer {
         let since = *p.pending_since.get_or_insert_with(Instant::now);
         self.rows += 1;
         self.bytes += key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
-        if p.pending.len() < CHUNK_RECORDS {
+        if !p.pending.is_full() {
             return None;
         }
         p.pending_since = None;
@@ -326,6 +326,7 @@ mod tests {
 
     use super::*;
     use crate::pipeline::KafkaFormat;
+    use crate::source::kafka::decode::{CHUNK_BYTES, CHUNK_RECORDS};
 
     fn decoder() -> RecordDecoder {
         let schema = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
@@ -480,6 +481,31 @@ mod tests {
         assert_eq!((batch[0].from, batch[0].to()), (15, 16));
         assert!(!buffer.rewind(&tp(1), None), "a revoked partition is not held");
         assert_eq!(buffer.buffered(), (0, 0, None));
+    }
+
+    #[test]
+    fn chunks_close_by_bytes_before_their_offsets_could_overflow() {
+        // 8,192 values of 300 KB would be 2.4 GB in one chunk: past the
+        // 2 GiB a binary column's 32-bit offsets can address.
+        let big = vec![b'x'; 300 * 1024];
+        let mut buffer = Buffer::default();
+        buffer.assign(tp(0), Some(0));
+        let mut handed = Vec::new();
+        for offset in 0..700 {
+            handed.extend(buffer.push(&tp(0), offset, None, None, Some(&big)));
+        }
+        assert!(handed.len() >= 3, "{} chunks", handed.len());
+        for chunk in &handed {
+            assert!(
+                chunk.records.bytes() < CHUNK_BYTES + big.len(),
+                "{}",
+                chunk.records.bytes()
+            );
+            assert!(chunk.records.len() < CHUNK_RECORDS);
+        }
+        let first: Vec<i64> = handed.iter().map(|c| c.records.offsets.value(0)).collect();
+        assert_eq!(first[0], 0);
+        assert!(first.windows(2).all(|w| w[0] < w[1]), "in order: {first:?}");
     }
 
     #[test]

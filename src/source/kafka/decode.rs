@@ -20,6 +20,11 @@ pub use crate::pipeline::KafkaFormat as Format;
 /// large as DataFusion's batches.
 pub const CHUNK_RECORDS: usize = 8192;
 
+/// A chunk also closes at this many bytes of keys and values: its binary
+/// and string columns have 32-bit offsets (2 GiB), which 8,192 values of
+/// 300 KB would overflow.
+pub const CHUNK_BYTES: usize = 64 << 20;
+
 /// The metadata columns every Kafka source has, after its own columns.
 pub const METADATA_COLUMNS: &[&str] = &["_topic", "_partition", "_offset", "_timestamp", "_key"];
 

@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
-use super::decode::{BadRecord, CHUNK_RECORDS, RawRecord, RecordDecoder};
+use super::decode::{BadRecord, RawRecord, RecordDecoder};
 use super::positions::{PartitionRange, TopicPartition};
 use super::records::RecordsBuilder;
 use crate::error::{KilnError, Result};
@@ -254,7 +254,7 @@ fn fetch(
                 if p.read.range.to >= p.end {
                     finish(consumer, topic, p);
                 }
-                if p.chunk.len() >= CHUNK_RECORDS {
+                if p.chunk.is_full() {
                     p.decode(decoder);
                 }
             }
@@ -280,7 +280,7 @@ fn fetch(
                         )
                     })
                     .collect();
-                return Err(KilnError::Kafka(format!(
+                return Err(KilnError::DataLoss(format!(
                     "the topic's retention deleted records this run was reading ({}); nothing was committed, \
                      and the next run names the lost range",
                     reading.join(", ")

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arrow::array::{Array, BinaryArray, BinaryBuilder, Int64Array, TimestampMillisecondArray};
 use arrow::buffer::ScalarBuffer;
 
-use super::decode::RawRecord;
+use super::decode::{CHUNK_BYTES, CHUNK_RECORDS, RawRecord};
 
 /// Records of one topic-partition being gathered, in offset order.
 #[derive(Debug, Default)]
@@ -45,6 +45,12 @@ impl RecordsBuilder {
     /// Key and value bytes gathered so far.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Whether the chunk being gathered is complete: [`CHUNK_RECORDS`]
+    /// records, or [`CHUNK_BYTES`] of keys and values.
+    pub fn is_full(&self) -> bool {
+        self.len() >= CHUNK_RECORDS || self.bytes >= CHUNK_BYTES
     }
 
     /// What has been gathered; the builder starts again empty.
