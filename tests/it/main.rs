@@ -10,6 +10,7 @@ mod failpoints;
 mod incremental;
 mod kafka;
 mod ledger;
+mod poison;
 mod rebalance;
 mod run_local;
 mod s3;
