@@ -578,6 +578,9 @@ fn two_first_runs_at_once_commit_every_record_once() {
     let (brokers, topic, d) = (case.brokers.as_str(), case.topic.as_str(), case.dir.path());
     write(&d.join("seen.sql"), &pipeline(topic, ""));
     produce(brokers, topic, &clicks(0, 50_000, 4));
+    // And a bad record in each partition, for the dead letters.
+    let bad: Vec<Record> = (0..4).map(|p| (p, None, Some(b"{not json".to_vec()))).collect();
+    produce(brokers, topic, &bad);
     // Two CronJob pods of a new feature set, started together.
     let runs: Vec<_> = (0..2)
         .map(|_| {
@@ -599,6 +602,16 @@ fn two_first_runs_at_once_commit_every_record_once() {
     let got = ids_of(d, "seen");
     assert_eq!(got.len(), 50_000, "every record once, not twice");
     assert_eq!(got, (0..50_000).collect::<Vec<_>>());
+    let dead = python_json(
+        DEAD,
+        &[&d.join("out/seen/_dead_letters").display().to_string()],
+        &[],
+    );
+    assert_eq!(
+        dead["offset"].as_array().unwrap().len(),
+        4,
+        "each dead letter once: {dead}"
+    );
 }
 
 #[test]
