@@ -1,8 +1,6 @@
 //! Reading a feature set's versions back: what each commit did and the
 //! lineage kiln recorded in it.
 
-use std::collections::HashSet;
-
 use deltalake::DeltaTable;
 use deltalake::kernel::{Action, CommitInfo};
 use deltalake::logstore::get_actions;
@@ -89,18 +87,6 @@ pub async fn version_info(table: &DeltaTable, v: u64) -> Result<Option<VersionIn
 
 /// Commit files read at once when listing versions.
 const COMMITS_IN_FLIGHT: usize = 16;
-
-/// Files that earlier commits of `pipeline` read: what an incremental
-/// source must skip.
-pub async fn files_read_by(table: &DeltaTable, pipeline: &str) -> Result<HashSet<String>> {
-    Ok(versions(table)
-        .await?
-        .into_iter()
-        .filter_map(|v| v.lineage)
-        .filter(|l| l.pipeline == pipeline)
-        .flat_map(|l| l.inputs.into_iter().map(|f| f.path))
-        .collect())
-}
 
 /// One version in full, as `kiln show` prints it.
 #[derive(Debug, Clone, Serialize)]

@@ -25,7 +25,7 @@ use crate::ledger::{self, ReadInput};
 use crate::pipeline::SinkMode;
 
 pub use dead_letters::{DeadLetter, dead_letter_batch, dead_letter_location, dead_letter_schema};
-pub use history::{VersionDetail, VersionInfo, files_read_by, version_detail, version_info, versions};
+pub use history::{VersionDetail, VersionInfo, version_detail, version_info, versions};
 pub use lineage::{ColumnStats, InputFile, KafkaInput, LINEAGE_KEY, Lineage, LostRange};
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
