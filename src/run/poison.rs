@@ -18,8 +18,9 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::Int64Type;
 
 use super::kafka::{self, SourceReads};
+use super::pass::{Pass, execute};
 use super::progress::Progress;
-use super::{Pass, RunOptions, execute, session};
+use super::{RunOptions, session};
 use crate::engine;
 use crate::error::{KilnError, Result};
 use crate::featureset::OpenTables;

@@ -20,8 +20,9 @@ use rdkafka::Offset;
 use serde::Serialize;
 
 use super::kafka::{self, SourceReads};
+use super::pass::{Pass, ReadAt, run_group};
 use super::retry::Retries;
-use super::{Pass, ReadAt, RunOptions, RunSummary, run_group, session};
+use super::{RunOptions, RunSummary, session};
 use crate::error::{KilnError, Result};
 use crate::featureset::{self, OpenTables};
 use crate::ledger::{self, Positions, plan};

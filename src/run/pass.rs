@@ -1,0 +1,406 @@
+//! One pass: plan a group's INSERTs over what it reads, execute them, then
+//! commit its dead letters and feature sets, each checked by the ledger.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use futures::StreamExt;
+
+use super::progress::Progress;
+use super::{KafkaSummary, RunOptions, RunSummary, SinkOutcome, kafka, poison, session};
+use crate::engine::{self, PlannedInsert, PlannedPipeline};
+use crate::error::{Context, Fault, KilnError, Result};
+use crate::featureset::{self, InputFile, Lineage, LostRange, OpenTables, StagedWrite, StatsCollector};
+use crate::ledger::{self, ReadInput};
+use crate::pipeline::{Pipeline, SinkMode};
+use crate::source::kafka::{PartitionRange, TopicPartition};
+
+/// The version at which a feature set's positions were read: one for the
+/// whole ledger (a run), or per partition (a stream worker, whose
+/// partitions arrive at different times).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReadAt {
+    pub version: Option<u64>,
+    pub kafka: BTreeMap<TopicPartition, Option<u64>>,
+}
+
+impl ReadAt {
+    pub(super) fn at(version: Option<u64>) -> Self {
+        Self {
+            version,
+            kafka: BTreeMap::new(),
+        }
+    }
+
+    fn of(&self, tp: &TopicPartition) -> Option<u64> {
+        self.kafka.get(tp).copied().unwrap_or(self.version)
+    }
+}
+
+/// What one group of feature sets reads in a pass.
+pub(crate) struct Pass {
+    /// Kafka records, already sliced to where the group stands.
+    pub reads: Vec<kafka::SourceReads>,
+    /// For incremental file sources: the files to read.
+    pub files: Option<BTreeSet<String>>,
+    /// Per feature set of the group.
+    pub read_at: BTreeMap<String, ReadAt>,
+    pub lost: BTreeMap<TopicPartition, (i64, i64)>,
+    /// Commit even with nothing read, to keep a first position.
+    pub first_positions: bool,
+    pub has_kafka: bool,
+}
+
+/// Run one group's pass in a session of its own. A pass whose queries fail
+/// on Kafka records is run again without the records that fail them by
+/// themselves, which go to the dead letters (see [`poison`]).
+pub(super) async fn run_group(
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    tables: &OpenTables,
+    run_id: &str,
+    started: Instant,
+    mut pass: Pass,
+) -> Result<RunSummary> {
+    let mut searched = false;
+    loop {
+        let ctx = session(options)?;
+        kafka::register(&ctx, &pass.reads)?;
+        match run_pass(&ctx, pipeline, options, tables, run_id, started, &pass).await {
+            // A bad value, not a store failing under the query.
+            Err(e @ KilnError::Execution { .. })
+                if pass.has_kafka && !searched && e.fault() == Fault::User =>
+            {
+                searched = true;
+                tracing::warn!(error = %e, "the pass failed while executing; looking for the records that fail it");
+                match poison::set_aside(pipeline, options, tables, &pass).await? {
+                    Some(clean) => pass = clean,
+                    None => return Err(e),
+                }
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Plan, execute every INSERT, then commit: one pass of a run.
+async fn run_pass(
+    ctx: &datafusion::prelude::SessionContext,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    tables: &OpenTables,
+    run_id: &str,
+    started: Instant,
+    pass: &Pass,
+) -> Result<RunSummary> {
+    let planned = engine::plan_pipeline(ctx, pipeline, tables, pass.files.as_ref())
+        .await
+        .map_err(KilnError::Problems)?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "planned");
+    let kafka_summary = pass.has_kafka.then(|| KafkaSummary::of(&pass.reads));
+    let incremental: BTreeSet<String> = planned
+        .sources
+        .iter()
+        .filter(|s| s.incremental)
+        .map(|s| s.table.name().to_string())
+        .collect();
+
+    let progress = Progress::new(options.progress);
+    let mut staged = Vec::new();
+    let mut input_files = 0;
+    for (insert, (stmt, _)) in planned.inserts.iter().zip(pipeline.inserts()) {
+        progress.start(&insert.feature_set.name);
+        let (batches, stats, rows) = execute(insert, &progress)
+            .await
+            .map_err(|e| with_place(pipeline.problem(stmt, "while running this INSERT").to_string(), e))?;
+        let inputs = files_read(&planned);
+        input_files += inputs.len();
+        let lineage = Lineage {
+            pipeline: pipeline.name.clone(),
+            sql_sha256: pipeline.sql_sha256.clone(),
+            kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+            run_id: run_id.to_string(),
+            trigger: options.trigger.clone(),
+            mode: insert.feature_set.options.mode.as_str().to_string(),
+            kafka: pass.reads.iter().flat_map(|r| r.lineage()).collect(),
+            lost: pass
+                .lost
+                .iter()
+                .map(|(tp, &(from, to))| LostRange {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    from,
+                    to,
+                })
+                .collect(),
+            inputs,
+            rows_written: rows,
+            columns: stats,
+        };
+        let read_at = pass
+            .read_at
+            .get(&insert.feature_set.name)
+            .cloned()
+            .unwrap_or_default();
+        let ledger_files: Vec<(&str, i64)> = lineage
+            .inputs
+            .iter()
+            .filter(|f| incremental.contains(&f.source))
+            .map(|f| (f.path.as_str(), modified_ms(&f.last_modified)))
+            .collect();
+        let mut transactions = kafka::transactions(&pipeline.name, &pass.reads);
+        transactions.extend(ledger::file_transactions(
+            &pipeline.name,
+            ledger_files.iter().copied(),
+        ));
+        let mut inputs: Vec<ReadInput> = pass
+            .reads
+            .iter()
+            .flat_map(|r| r.reads.iter())
+            .map(|r| ReadInput {
+                app_id: ledger::kafka_app_id(&pipeline.name, &r.range.tp()),
+                read_at: read_at.of(&r.range.tp()),
+            })
+            .collect();
+        inputs.extend(ledger_files.iter().map(|(url, _)| ReadInput {
+            app_id: ledger::file_app_id(&pipeline.name, url),
+            read_at: read_at.version,
+        }));
+        staged.push((
+            insert,
+            StagedWrite {
+                name: insert.feature_set.name.clone(),
+                location: insert.feature_set.location.clone(),
+                mode: insert.feature_set.options.mode,
+                schema: insert.target_schema.clone(),
+                batches,
+                add_columns: insert.add_columns,
+                lineage,
+                transactions,
+                inputs,
+            },
+        ));
+    }
+    progress.finish();
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "executed");
+    if pass.has_kafka {
+        kafka::check_bad_record_limits(&pass.reads)?;
+        kafka::send_to_dead_letter_topics(&pipeline.name, run_id, &pass.reads).await?;
+    }
+
+    let mut outcomes = Vec::new();
+    // Feature sets this pass already committed to (two INSERTs into one):
+    // the next commit reads its inputs at that version.
+    let mut committed: BTreeMap<String, u64> = BTreeMap::new();
+    for (insert, mut write) in staged {
+        // What was consumed must be recorded even when it made no rows.
+        if write.rows() == 0
+            && write.mode == SinkMode::Append
+            && write.transactions.is_empty()
+            && !pass.first_positions
+        {
+            outcomes.push(skipped(insert, "the query returned no rows"));
+            continue;
+        }
+        if let Some(&v) = committed.get(&write.location) {
+            for input in &mut write.inputs {
+                input.read_at = Some(v);
+            }
+        }
+        if !committed.is_empty() {
+            fail::fail_point!("run-between-feature-sets", |_| Err(failpoint(
+                "run-between-feature-sets"
+            )));
+        }
+        let dead_letters = if pass.has_kafka {
+            fail::fail_point!("run-before-dead-letters", |_| Err(failpoint(
+                "run-before-dead-letters"
+            )));
+            let written = commit_dead_letters(pipeline, tables, run_id, &write, &pass.reads).await?;
+            fail::fail_point!("run-after-dead-letters", |_| Err(failpoint(
+                "run-after-dead-letters"
+            )));
+            written
+        } else {
+            0
+        };
+        let rows = write.rows();
+        let location = write.location.clone();
+        let version = featureset::commit(write, tables).await?;
+        committed.insert(location, version);
+        outcomes.push(SinkOutcome {
+            feature_set: insert.feature_set.name.clone(),
+            location: insert.feature_set.location.clone(),
+            version: Some(version),
+            rows,
+            mode: insert.feature_set.options.mode,
+            skipped: None,
+            dead_letters,
+        });
+    }
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "committed");
+    Ok(RunSummary {
+        pipeline: pipeline.name.clone(),
+        file: pipeline.file.clone(),
+        run_id: run_id.to_string(),
+        elapsed_ms: started.elapsed().as_millis(),
+        input_files,
+        kafka: kafka_summary,
+        feature_sets: outcomes,
+    })
+}
+
+/// The error a failpoint set to `return` raises (test builds only, with
+/// the `failpoints` feature and `FAILPOINTS=name=return`): an internal
+/// fault, never retried, so the run stops there as a crash would.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn failpoint(name: &str) -> KilnError {
+    KilnError::Run(format!("failpoint {name}"))
+}
+
+fn modified_ms(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).map_or(0, |t| t.timestamp_millis())
+}
+
+/// Write the pass's bad records beside the feature set `write` goes to,
+/// before the feature set itself commits: a run stopped in between finds
+/// them recorded and does not write them twice. Returns how many it wrote.
+async fn commit_dead_letters(
+    pipeline: &Pipeline,
+    tables: &OpenTables,
+    run_id: &str,
+    write: &StagedWrite,
+    reads: &[kafka::SourceReads],
+) -> Result<u64> {
+    let for_table = |r: &&kafka::SourceReads| r.to_topic().is_none() && r.bad_records() > 0;
+    if !reads.iter().any(|r| for_table(&r)) {
+        return Ok(0);
+    }
+    let existing = kafka::dead_letter_ledger(tables, &pipeline.name, &write.location).await?;
+    let letters: Vec<_> = reads
+        .iter()
+        .filter(for_table)
+        .flat_map(|r| r.dead_letters(&existing.kafka))
+        .collect();
+    if letters.is_empty() {
+        return Ok(0);
+    }
+    let location = featureset::dead_letter_location(&write.location);
+    let count = letters.len() as u64;
+    for letter in letters.iter().take(5) {
+        tracing::warn!(
+            feature_set = %write.name, topic = %letter.topic, partition = letter.partition,
+            offset = letter.offset, error = %letter.error, "record sent to the dead letters"
+        );
+    }
+    // Positions never move back: an owner that lost a partition mid-batch
+    // may still hold an older range of it.
+    let ranges: Vec<PartitionRange> = reads
+        .iter()
+        .flat_map(|r| r.ranges())
+        .map(|mut range| {
+            if let Some(&at) = existing.kafka.get(&range.tp()) {
+                range.to = range.to.max(at);
+            }
+            range
+        })
+        .collect();
+    let inputs = ranges
+        .iter()
+        .map(|r| ReadInput {
+            app_id: ledger::kafka_app_id(&pipeline.name, &r.tp()),
+            read_at: existing.version,
+        })
+        .collect();
+    let dead = StagedWrite {
+        name: format!("{}/_dead_letters", write.name),
+        location,
+        mode: SinkMode::Append,
+        schema: featureset::dead_letter_schema(),
+        batches: vec![featureset::dead_letter_batch(&letters, &pipeline.name, run_id)],
+        add_columns: false,
+        lineage: Lineage {
+            rows_written: count,
+            columns: Vec::new(),
+            ..write.lineage.clone()
+        },
+        transactions: ledger::kafka_transactions(&pipeline.name, &ranges),
+        inputs,
+    };
+    featureset::commit(dead, tables).await?;
+    Ok(count)
+}
+
+fn skipped(insert: &PlannedInsert, why: &str) -> SinkOutcome {
+    SinkOutcome {
+        feature_set: insert.feature_set.name.clone(),
+        location: insert.feature_set.location.clone(),
+        version: None,
+        rows: 0,
+        mode: insert.feature_set.options.mode,
+        skipped: Some(why.to_string()),
+        dead_letters: 0,
+    }
+}
+
+pub(super) fn skipped_set(pipeline: &Pipeline, name: &str, why: &str) -> SinkOutcome {
+    let decl = pipeline
+        .feature_set(name)
+        .expect("targets are declared feature sets");
+    SinkOutcome {
+        feature_set: decl.name.clone(),
+        location: decl.location.clone(),
+        version: None,
+        rows: 0,
+        mode: decl.options.mode,
+        skipped: Some(why.to_string()),
+        dead_letters: 0,
+    }
+}
+
+fn files_read(planned: &PlannedPipeline) -> Vec<InputFile> {
+    planned
+        .sources
+        .iter()
+        .flat_map(|s| s.table.take_files_read())
+        .collect()
+}
+
+fn with_place(place: String, e: KilnError) -> KilnError {
+    KilnError::Execution {
+        place,
+        source: Box::new(e),
+    }
+}
+
+/// Run one INSERT's query to completion, keeping its rows in storable form.
+pub(super) async fn execute(
+    insert: &PlannedInsert,
+    progress: &Progress,
+) -> Result<(
+    Vec<arrow::record_batch::RecordBatch>,
+    Vec<featureset::ColumnStats>,
+    u64,
+)> {
+    let mut stream = insert
+        .df
+        .clone()
+        .execute_stream()
+        .await
+        .context(|| format!("planning the query for '{}'", insert.feature_set.name))?;
+    let mut stats = StatsCollector::new(&insert.target_schema);
+    let mut batches = Vec::new();
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.context(|| format!("computing '{}'", insert.feature_set.name))?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let stored = featureset::to_storable(&batch, &insert.target_schema)?;
+        stats.update(&stored);
+        rows += stored.num_rows() as u64;
+        progress.add(stored.num_rows() as u64);
+        batches.push(stored);
+    }
+    Ok((batches, stats.finish(), rows))
+}
