@@ -8,8 +8,9 @@
 //! themselves. Those are set aside as bad records, with the error, and the
 //! pass runs again without them; they reach the dead letters like records
 //! that could not be decoded, and count against `max.bad.records`. An error
-//! that no single record causes (a sum that overflows over many) still
-//! fails the pass.
+//! that no single record causes (a sum that overflows over many), one that
+//! happens with no record at all (a broken file source), or one that most
+//! records cause alone (a broken query) still fails the pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -95,6 +96,14 @@ pub(crate) async fn set_aside(
     pass: &Pass,
 ) -> Result<Option<Pass>> {
     let rows = Rows::of(&pass.reads);
+    // Failing without any Kafka record, the queries fail for another
+    // reason (a file source, the SQL itself): no record is to blame.
+    if fails(pipeline, options, tables, pass, &rows.subset(&pass.reads, 0, 0))
+        .await?
+        .is_some()
+    {
+        return Ok(None);
+    }
     let mut poison: Vec<(usize, String)> = Vec::new();
     let mut probes = 0;
     let mut stack = vec![(0, rows.total)];
@@ -123,6 +132,16 @@ pub(crate) async fn set_aside(
         }
     }
     if poison.is_empty() {
+        return Ok(None);
+    }
+    // Most records failing alone is a broken query, not bad records:
+    // fail the pass rather than send the whole batch to the dead letters.
+    if poison.len() > 1 && poison.len() * 2 > rows.total {
+        tracing::warn!(
+            failing = poison.len(),
+            records = rows.total,
+            "most records fail the queries on their own; not setting them aside"
+        );
         return Ok(None);
     }
     // Per partition read: the poisoned offsets and why.

@@ -122,3 +122,18 @@ fn noida_stream_sets_poison_records_aside() {
     assert_eq!(id_census(d)["distinct"], 2997);
     assert_poison_in_dead_letters(d, &topic, &poisoned, 2);
 }
+
+/// A query that fails on every record is a broken query, not a batch of
+/// bad records: the run fails and nothing goes to the dead letters.
+#[test]
+fn a_query_that_fails_on_every_record_fails_the_run() {
+    let case = Case::new("poison-all", 1);
+    let (brokers, topic, d) = (case.brokers.as_str(), case.topic.as_str(), case.dir.path());
+    write(&d.join("seen.sql"), &casting_pipeline(topic, ""));
+    let all: Vec<i64> = (0..50).collect();
+    produce(brokers, topic, &coded(50, 1, &all));
+    let run = kiln_env(d, &["run", "seen.sql"], &[("KAFKA", brokers)]).failed();
+    assert!(run.stderr.contains("Cast"), "{}", run.stderr);
+    assert!(!has_delta_log(&d.join("out/seen")));
+    assert!(!has_delta_log(&d.join("out/seen/_dead_letters")));
+}
