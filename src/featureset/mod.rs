@@ -204,13 +204,6 @@ fn commit_error(e: DeltaTableError, name: &str, location: &str, new_table: bool)
     }
 }
 
-/// True when a commit failed because another writer committed the same
-/// inputs first (a partition moved to another worker mid-batch, two runs
-/// overlapped): the inputs are to be read again from the ledger.
-pub fn lost_position_race(e: &KilnError) -> bool {
-    e.fault() == crate::error::Fault::Conflict
-}
-
 /// A feature set as a read-only table (pinned to `version`, or the latest)
 /// for a DataFusion session.
 pub async fn table_provider(

@@ -30,7 +30,6 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 
 pub use conflict::{ReadInput, check_since};
-pub use log::{CommitTxns, commits};
 
 use crate::error::{Context, KilnError, Result};
 use crate::source::kafka::{PartitionRange, TopicPartition};

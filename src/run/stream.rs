@@ -23,8 +23,8 @@ use super::kafka::{self, SourceReads};
 use super::pass::{Pass, ReadAt, run_group};
 use super::retry::Retries;
 use super::{RunOptions, RunSummary, session};
-use crate::error::{KilnError, Result};
-use crate::featureset::{self, OpenTables};
+use crate::error::{Fault, KilnError, Result};
+use crate::featureset::OpenTables;
 use crate::ledger::{self, Positions, plan};
 use crate::pipeline::{Pipeline, StartAt};
 use crate::source::kafka::buffer::{self, BufferLimits, TakenBatch, TakenPartition};
@@ -255,7 +255,7 @@ impl Worker<'_> {
                 }
                 Err(e) => {
                     let moved = self.member.revocations() != epoch;
-                    let (retries, why) = if featureset::lost_position_race(&e) || moved {
+                    let (retries, why) = if e.fault() == Fault::Conflict || moved {
                         (
                             &mut self.conflicts,
                             "partitions moved to another worker during the batch; reading them again",

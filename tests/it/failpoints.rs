@@ -24,6 +24,16 @@ fn two_feature_sets(topic: &str) -> String {
     )
 }
 
+/// `kiln run p.sql` with one failpoint set to `name=return`; it must fail.
+fn run_failing_at(dir: &std::path::Path, brokers: &str, failpoint: &str) -> Run {
+    kiln_env(
+        dir,
+        &["run", "p.sql"],
+        &[("KAFKA", brokers), ("FAILPOINTS", failpoint)],
+    )
+    .failed()
+}
+
 fn dead_offsets(dir: &std::path::Path) -> usize {
     let dead = python_json(
         DEAD,
@@ -42,15 +52,7 @@ fn a_run_stopped_between_two_commits_is_made_good_by_the_next() {
     write(&d.join("p.sql"), &two_feature_sets(&topic));
     produce(&brokers, &topic, &records(0, 1000, 2));
     let env = [("KAFKA", brokers.as_str())];
-    let failed = kiln_env(
-        d,
-        &["run", "p.sql"],
-        &[
-            ("KAFKA", &brokers),
-            ("FAILPOINTS", "run-between-feature-sets=return"),
-        ],
-    )
-    .failed();
+    let failed = run_failing_at(d, &brokers, "run-between-feature-sets=return");
     assert!(failed.stderr.contains("failpoint"), "{}", failed.stderr);
     assert_eq!(ids_in(d, "seen").len(), 1000, "the first feature set committed");
     assert!(!has_delta_log(&d.join("out/also")), "the second did not");
@@ -74,27 +76,11 @@ fn dead_letters_committed_before_a_crash_are_not_written_twice() {
     let env = [("KAFKA", brokers.as_str())];
 
     // Stopped before the dead letters: nothing committed anywhere.
-    kiln_env(
-        d,
-        &["run", "p.sql"],
-        &[
-            ("KAFKA", &brokers),
-            ("FAILPOINTS", "run-before-dead-letters=return"),
-        ],
-    )
-    .failed();
+    run_failing_at(d, &brokers, "run-before-dead-letters=return");
     assert!(!has_delta_log(&d.join("out/seen")) && !has_delta_log(&d.join("out/seen/_dead_letters")));
 
     // Stopped right after them: the dead letters are in, the rows are not.
-    kiln_env(
-        d,
-        &["run", "p.sql"],
-        &[
-            ("KAFKA", &brokers),
-            ("FAILPOINTS", "run-after-dead-letters=return"),
-        ],
-    )
-    .failed();
+    run_failing_at(d, &brokers, "run-after-dead-letters=return");
     assert_eq!(dead_offsets(d), 2);
     assert!(!has_delta_log(&d.join("out/seen")));
 
@@ -188,15 +174,7 @@ fn a_run_over_a_live_topic_ends_and_brings_feature_sets_level() {
     write(&d.join("p.sql"), &two_feature_sets(&topic));
     produce(&brokers, &topic, &records(0, 5000, 2));
     // The feature sets stand apart: the first has 5,000 records, the second none.
-    kiln_env(
-        d,
-        &["run", "p.sql"],
-        &[
-            ("KAFKA", &brokers),
-            ("FAILPOINTS", "run-between-feature-sets=return"),
-        ],
-    )
-    .failed();
+    run_failing_at(d, &brokers, "run-between-feature-sets=return");
     // Records keep arriving while the next run reads.
     let producer = {
         let (brokers, topic) = (brokers.clone(), topic.clone());
