@@ -70,6 +70,7 @@ fn produce(brokers: &str, topic: &str, events: u64, partitions: Option<i32>, rat
         .expect("producer");
     let start = Instant::now();
     let first_id = now_ms() * 1000;
+    let mut bytes = 0u64;
     for i in 0..events {
         if let Some(rate) = rate {
             let due = Duration::from_secs_f64(i as f64 / rate);
@@ -87,6 +88,7 @@ fn produce(brokers: &str, topic: &str, events: u64, partitions: Option<i32>, rat
             i % 10,
             now_ms()
         );
+        bytes += value.len() as u64;
         let mut record: BaseRecord<'_, (), str> = BaseRecord::to(topic).payload(&value);
         loop {
             match producer.send(record) {
@@ -105,7 +107,7 @@ fn produce(brokers: &str, topic: &str, events: u64, partitions: Option<i32>, rat
     let seconds = start.elapsed().as_secs_f64();
     println!(
         "{}",
-        serde_json::json!({"events": events, "seconds": seconds, "events_per_s": events as f64 / seconds})
+        serde_json::json!({"events": events, "bytes": bytes, "seconds": seconds, "events_per_s": events as f64 / seconds})
     );
 }
 

@@ -96,6 +96,19 @@ impl KilnError {
         }
     }
 
+    /// Whether records the run was reading are gone (retention, a topic
+    /// made again), looking through contexts and query errors.
+    pub fn is_data_loss(&self) -> bool {
+        match self {
+            KilnError::DataLoss(_) => true,
+            KilnError::Execution { source, .. } | KilnError::Context { source, .. } => source.is_data_loss(),
+            KilnError::DataFusion { source, .. } => {
+                datafusion_kiln_error(source).is_some_and(KilnError::is_data_loss)
+            }
+            _ => false,
+        }
+    }
+
     /// Worth trying again after a wait (a broker or store failure).
     pub fn is_retriable(&self) -> bool {
         self.fault() == Fault::External
@@ -143,6 +156,22 @@ fn datafusion_fault(e: &DataFusionError) -> Fault {
         D::Internal(_) | D::Substrait(_) | D::Ffi(_) => Fault::Internal,
         // Plans, schemas, SQL, casts and arithmetic on the data.
         _ => Fault::User,
+    }
+}
+
+/// The kiln error a query failed with (a source's fetch), if it was one.
+fn datafusion_kiln_error(e: &DataFusionError) -> Option<&KilnError> {
+    use DataFusionError as D;
+    match e {
+        D::Context(_, inner) | D::Diagnostic(_, inner) => datafusion_kiln_error(inner),
+        D::Shared(inner) => datafusion_kiln_error(inner),
+        D::Collection(all) => all.first().and_then(datafusion_kiln_error),
+        D::External(inner) => inner.downcast_ref::<KilnError>().or_else(|| {
+            inner
+                .downcast_ref::<DataFusionError>()
+                .and_then(datafusion_kiln_error)
+        }),
+        _ => None,
     }
 }
 

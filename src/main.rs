@@ -56,7 +56,7 @@ enum Command {
         #[arg(long, default_value = "manual")]
         trigger: String,
         /// Read at most this many Kafka records in this run, shared out over
-        /// the partitions (a backfill in runs that each fit in memory).
+        /// the partitions (a backfill in versions of a known size).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_records: Option<u64>,
         /// The pipeline's name in the feature sets' ledgers and lineage

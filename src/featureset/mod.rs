@@ -8,16 +8,18 @@ mod lineage;
 mod schema;
 mod stats;
 mod tables;
+mod write;
 
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::operations::write::SchemaMode;
-use deltalake::protocol::SaveMode;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Metadata, StructType, Transaction};
+use deltalake::operations::create::CreateBuilder;
+use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::TryStreamExt;
 use url::Url;
 
 use crate::error::{Context, KilnError, Result};
@@ -30,6 +32,7 @@ pub use lineage::{ColumnStats, InputFile, KafkaInput, LINEAGE_KEY, Lineage, Lost
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
 pub use tables::OpenTables;
+pub use write::{FileWriter, WrittenFiles, write_batches};
 
 /// The table URL of a feature set location: a path (relative to the
 /// working directory), `file://`, `s3://` or `gs://`. Nothing is created.
@@ -95,13 +98,13 @@ pub fn arrow_schema(table: &DeltaTable) -> Result<SchemaRef> {
     Ok(snapshot.snapshot().arrow_schema())
 }
 
-/// A feature set write that has been computed but not committed yet.
+/// A feature set write whose data files are written but not committed yet.
 pub struct StagedWrite {
     pub name: String,
     pub location: String,
     pub mode: SinkMode,
     pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
+    pub files: WrittenFiles,
     pub add_columns: bool,
     pub lineage: Lineage,
     /// The input ledger's `txn` actions (Kafka positions, files read),
@@ -115,66 +118,111 @@ pub struct StagedWrite {
 
 impl StagedWrite {
     pub fn rows(&self) -> u64 {
-        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+        self.files.rows
     }
 }
 
-/// Commit one staged write as one new version; returns the version, and
-/// leaves the new state in `tables`. A commit whose inputs another writer
-/// consumed since they were read fails with [`KilnError::Conflict`].
+/// Commit one staged write as one new version: its data files, the
+/// ledger's transactions and the lineage; for an overwrite the removal of
+/// every file before it, for new columns the wider schema. Returns the
+/// version and leaves the new state in `tables`. A commit whose inputs
+/// another writer consumed since they were read fails with
+/// [`KilnError::Conflict`].
 pub async fn commit(staged: StagedWrite, tables: &OpenTables) -> Result<u64> {
-    let url = table_url(&staged.location)?;
-    if url.scheme() == "file" {
-        let dir = url
-            .to_file_path()
-            .map_err(|_| KilnError::Usage(format!("bad local location '{}'", staged.location)))?;
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| KilnError::Io(format!("creating {}: {e}", dir.display())))?;
-    }
-    let context = || format!("opening feature set '{}' at '{}'", staged.name, staged.location);
     let latest = tables.latest(&staged.location).await?;
     if let Some(table) = &latest {
         ledger::check_since(table, &staged.name, &staged.inputs).await?;
     }
-    let new_table = latest.is_none();
-    // A new feature set is created by its first write.
-    let table = match latest {
-        Some(table) => table,
-        None => DeltaTableBuilder::from_url(url)
-            .and_then(|b| b.build())
-            .context(context)?,
-    };
-    let batches = if staged.batches.is_empty() {
-        // Overwrite with no rows still commits: the new snapshot is empty.
-        vec![RecordBatch::new_empty(staged.schema.clone())]
-    } else {
-        staged.batches
-    };
+    let adds = staged.files.adds.len();
+    let mut removes = Vec::new();
+    if let (Some(table), SinkMode::Overwrite) = (&latest, staged.mode) {
+        let snapshot = table
+            .snapshot()
+            .context(|| format!("reading feature set '{}'", staged.name))?;
+        removes = snapshot
+            .snapshot()
+            .file_views(&table.log_store(), None)
+            .map_ok(|f| Action::Remove(f.remove_action(true)))
+            .try_collect::<Vec<_>>()
+            .await
+            .context(|| format!("listing the files of feature set '{}'", staged.name))?;
+    }
+    let metrics = serde_json::json!({
+        "num_added_files": adds,
+        "num_removed_files": removes.len(),
+        "num_added_rows": staged.files.rows,
+    });
     let lineage = serde_json::to_value(&staged.lineage)?;
-    let rows = batches.iter().map(RecordBatch::num_rows).sum();
-    let mut properties = CommitProperties::default()
-        .with_metadata([(LINEAGE_KEY.to_string(), lineage)])
+    let properties = CommitProperties::default()
+        .with_metadata([
+            (LINEAGE_KEY.to_string(), lineage),
+            ("operationMetrics".to_string(), metrics),
+        ])
         .with_application_transactions(staged.transactions);
-    if new_table {
-        // Had another writer created the table meanwhile, delta-rs would
-        // commit on top of it unchecked; fail instead, and check against
-        // its commits on the next try.
-        properties = properties.with_max_retries(0);
-    }
-    let mut write = table
-        .write(batches)
-        .with_writer_properties(encoding::writer_properties(rows))
-        .with_save_mode(match staged.mode {
-            SinkMode::Append => SaveMode::Append,
-            SinkMode::Overwrite => SaveMode::Overwrite,
-        })
-        .with_commit_properties(properties);
-    if staged.add_columns {
-        write = write.with_schema_mode(SchemaMode::Merge);
-    }
-    let table = write
-        .await
-        .map_err(|e| commit_error(e, &staged.name, &staged.location, new_table))?;
+    let files = staged.files.adds.into_iter().map(Action::Add);
+    let new_table = latest.is_none();
+    let failed = |e| commit_error(e, &staged.name, &staged.location, new_table);
+    let table = match latest {
+        None => {
+            let url = table_url(&staged.location)?;
+            let table = DeltaTableBuilder::from_url(url)
+                .and_then(|b| b.build())
+                .context(|| format!("opening feature set '{}' at '{}'", staged.name, staged.location))?;
+            let columns: StructType = staged.schema.as_ref().try_into_kernel()?;
+            // Had another writer created the table meanwhile, delta-rs
+            // would commit on top of it unchecked; fail instead, and check
+            // against its commits on the next try.
+            let created = CreateBuilder::new()
+                .with_log_store(table.log_store())
+                .with_columns(columns.fields().cloned())
+                .with_actions(files)
+                .with_commit_properties(properties.with_max_retries(0))
+                .await;
+            match created {
+                Ok(table) => table,
+                Err(_) if open(&staged.location).await?.is_some() => {
+                    return Err(KilnError::Conflict(format!(
+                        "feature set '{}' at '{}' was created by another writer during this run",
+                        staged.name, staged.location
+                    )));
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Some(mut table) => {
+            let snapshot = table
+                .snapshot()
+                .context(|| format!("reading feature set '{}'", staged.name))?;
+            let mut actions = Vec::new();
+            if staged.add_columns {
+                let wider: StructType = staged.schema.as_ref().try_into_kernel()?;
+                if &wider != snapshot.snapshot().schema().as_ref() {
+                    actions.push(Action::Metadata(with_schema(snapshot.metadata(), &wider)?));
+                }
+            }
+            actions.extend(removes);
+            actions.extend(files);
+            let operation = DeltaOperation::Write {
+                mode: match staged.mode {
+                    SinkMode::Append => SaveMode::Append,
+                    SinkMode::Overwrite => SaveMode::Overwrite,
+                },
+                partition_by: None,
+                predicate: None,
+            };
+            let version = CommitBuilder::from(properties)
+                .with_actions(actions)
+                .build(Some(snapshot), table.log_store(), operation)
+                .await
+                .map_err(failed)?
+                .version();
+            table
+                .update_incremental(Some(version))
+                .await
+                .context(|| format!("reading back version {version} of feature set '{}'", staged.name))?;
+            table
+        }
+    };
     tables.remember(&staged.location, &table)?;
     table.version().ok_or_else(|| {
         KilnError::Io(format!(
@@ -182,6 +230,14 @@ pub async fn commit(staged: StagedWrite, tables: &OpenTables) -> Result<u64> {
             staged.name
         ))
     })
+}
+
+/// `metadata` with `schema` instead of its own, everything else kept (as
+/// delta-rs's schema merge does it).
+fn with_schema(metadata: &Metadata, schema: &StructType) -> Result<Metadata> {
+    let mut value = serde_json::to_value(metadata)?;
+    value["schemaString"] = serde_json::Value::String(serde_json::to_string(schema)?);
+    Ok(serde_json::from_value(value)?)
 }
 
 fn commit_error(e: DeltaTableError, name: &str, location: &str, new_table: bool) -> KilnError {
@@ -194,9 +250,14 @@ fn commit_error(e: DeltaTableError, name: &str, location: &str, new_table: bool)
         )),
         DeltaTableError::Transaction {
             source: TransactionError::MaxCommitAttempts(_) | TransactionError::VersionAlreadyExists(_),
-        } if new_table => KilnError::Conflict(format!(
-            "feature set '{name}' at '{location}' was created by another writer during this run"
-        )),
+        }
+        | DeltaTableError::VersionAlreadyExists(_)
+            if new_table =>
+        {
+            KilnError::Conflict(format!(
+                "feature set '{name}' at '{location}' was created by another writer during this run"
+            ))
+        }
         source => KilnError::Delta {
             context: format!("committing feature set '{name}' at '{location}'"),
             source,

@@ -112,19 +112,22 @@ mod tests {
     use arrow::record_batch::RecordBatch;
 
     use super::*;
-    use crate::featureset::{Lineage, StagedWrite, commit};
+    use crate::featureset::{Lineage, StagedWrite, commit, write_batches};
     use crate::pipeline::SinkMode;
 
-    fn write(location: &str) -> StagedWrite {
+    async fn write(location: &str, tables: &OpenTables) -> StagedWrite {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
         let batch =
             RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
+        let files = write_batches(location, schema.clone(), vec![batch], tables)
+            .await
+            .unwrap();
         StagedWrite {
             name: "fs".into(),
             location: location.into(),
             mode: SinkMode::Append,
             schema,
-            batches: vec![batch],
+            files,
             add_columns: false,
             lineage: Lineage {
                 pipeline: "p".into(),
@@ -150,11 +153,11 @@ mod tests {
         let location = dir.path().join("fs").display().to_string();
         let ours = OpenTables::default();
         assert!(ours.latest(&location).await.unwrap().is_none());
-        assert_eq!(commit(write(&location), &ours).await.unwrap(), 0);
+        assert_eq!(commit(write(&location, &ours).await, &ours).await.unwrap(), 0);
 
         // Another worker commits; ours reads only that commit, and sees it.
         let theirs = OpenTables::default();
-        assert_eq!(commit(write(&location), &theirs).await.unwrap(), 1);
+        assert_eq!(commit(write(&location, &theirs).await, &theirs).await.unwrap(), 1);
         assert_eq!(ours.latest(&location).await.unwrap().unwrap().version(), Some(1));
 
         // An older version is loaded on its own and does not replace the latest.
@@ -162,7 +165,7 @@ mod tests {
         assert_eq!(ours.at(&location, None).await.unwrap().version(), Some(1));
 
         // A commit made against the held version moves it on.
-        assert_eq!(commit(write(&location), &ours).await.unwrap(), 2);
+        assert_eq!(commit(write(&location, &ours).await, &ours).await.unwrap(), 2);
         assert_eq!(theirs.at(&location, Some(2)).await.unwrap().version(), Some(2));
         let missing = ours.at(&location, Some(7)).await.unwrap_err().to_string();
         assert!(missing.contains("no version 7"), "{missing}");

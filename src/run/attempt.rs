@@ -103,10 +103,8 @@ impl Attempt<'_> {
             Some(cap) => capped(self.ends, &from, cap),
             None => self.ends.clone(),
         };
-        let reads = kafka::read_all(self.kafka_sources, &from, &ends).await?;
-        if has_kafka {
-            summary.kafka = Some(KafkaSummary::of(&reads));
-        }
+        let reads = kafka::ranges_to_read(self.kafka_sources, &from, &ends);
+        let mut read = Vec::new();
         for g in busy {
             if g.targets.len() < standings.len() {
                 tracing::info!(feature_sets = ?g.targets, "feature sets that stand apart from the others run on their own");
@@ -123,7 +121,7 @@ impl Attempt<'_> {
                 first_positions: g.first_positions,
                 has_kafka,
             };
-            let done = run_group(
+            let (done, group_read) = run_group(
                 &pipeline.only_inserts_into(&g.targets),
                 self.options,
                 self.tables,
@@ -133,11 +131,15 @@ impl Attempt<'_> {
             )
             .await?;
             summary.input_files += done.input_files;
+            if let Some(k) = done.kafka {
+                summary.kafka.get_or_insert_with(KafkaSummary::default).add(k);
+            }
             for outcome in done.feature_sets {
                 summary.record(outcome);
             }
+            read.extend(group_read);
         }
-        kafka::report_to_groups(&reads).await;
+        kafka::report_to_groups(&read).await;
         Ok(())
     }
 }

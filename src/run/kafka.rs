@@ -15,7 +15,7 @@ use crate::ledger::plan::{self, Start, StartError};
 use crate::ledger::{self, Ledger, Positions};
 use crate::pipeline::{Pipeline, Problem};
 pub use crate::source::kafka::KafkaSource;
-use crate::source::kafka::{PartitionRange, PartitionRead, TopicPartition, read};
+use crate::source::kafka::{PartitionRange, PartitionRead, RangeFetch, TopicPartition, read};
 
 /// Check every Kafka source of `pipeline` (no broker is contacted).
 pub async fn prepare(
@@ -119,11 +119,17 @@ pub async fn starts(
     Ok(out)
 }
 
-/// What a pass read from one source.
+/// What a pass reads from one source: records in memory (a stream
+/// worker's batch), or ranges fetched while the queries run (a bounded
+/// run), whose record counts and bad records are known once they have run
+/// (see [`complete`]).
 #[derive(Clone)]
 pub struct SourceReads {
     pub source: KafkaSource,
     pub reads: Vec<PartitionRead>,
+    /// The reads are ranges to fetch, with no rows; their `bad` records are
+    /// those set aside before (poison), left out of the rows.
+    pub streamed: bool,
 }
 
 impl SourceReads {
@@ -189,34 +195,38 @@ impl SourceReads {
     }
 }
 
-/// Read, per source, every partition from `from` to the high watermark in
-/// `ends`.
-pub async fn read_all(
+/// The ranges a run reads, per source: every partition from `from` (or
+/// its low watermark) to the high watermark in `ends`, fetched while the
+/// queries run.
+pub fn ranges_to_read(
     sources: &[KafkaSource],
     from: &Positions,
     ends: &BTreeMap<String, Watermarks>,
-) -> Result<Vec<SourceReads>> {
-    let mut out = Vec::new();
-    for source in sources {
-        let ranges = ends[&source.decl.name]
-            .iter()
-            .map(|(tp, &(low, high))| {
-                let start = from.get(tp).copied().unwrap_or(low);
-                PartitionRange {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    from: start,
-                    to: high.max(start),
-                }
-            })
-            .collect();
-        let reads = read::read_ranges(&source.client, &source.decoder, ranges).await?;
-        out.push(SourceReads {
+) -> Vec<SourceReads> {
+    sources
+        .iter()
+        .map(|source| SourceReads {
             source: source.clone(),
-            reads,
-        });
-    }
-    Ok(out)
+            reads: ends[&source.decl.name]
+                .iter()
+                .map(|(tp, &(low, high))| {
+                    let start = from.get(tp).copied().unwrap_or(low);
+                    PartitionRead {
+                        range: PartitionRange {
+                            topic: tp.topic.clone(),
+                            partition: tp.partition,
+                            from: start,
+                            to: high.max(start),
+                        },
+                        batches: Vec::new(),
+                        bad: Vec::new(),
+                        records: 0,
+                    }
+                })
+                .collect(),
+            streamed: true,
+        })
+        .collect()
 }
 
 /// What a feature set standing at `at` has not consumed of `reads`.
@@ -230,19 +240,70 @@ pub fn slice_from(reads: &[SourceReads], at: &Positions) -> Vec<SourceReads> {
                 .iter()
                 .map(|p| p.slice_from(at.get(&p.range.tp()).copied().unwrap_or(p.range.from)))
                 .collect(),
+            streamed: r.streamed,
         })
         .collect()
 }
 
+/// The fetches behind the streamed sources of a session, per source.
+pub struct Fetches(Vec<Vec<RangeFetch>>);
+
 /// Register every source's reads in `ctx`, one partition per topic-partition.
-pub fn register(ctx: &SessionContext, reads: &[SourceReads]) -> Result<()> {
+pub fn register(ctx: &SessionContext, reads: &[SourceReads]) -> Result<Fetches> {
+    let mut fetches = Vec::new();
     for r in reads {
-        let partitions = r.reads.iter().map(|p| p.batches.clone()).collect();
-        r.source
-            .register(ctx, partitions)
-            .map_err(|e| KilnError::Run(format!("registering source '{}': {e}", r.source.decl.name)))?;
+        let failed = |e: datafusion::error::DataFusionError| {
+            KilnError::Run(format!("registering source '{}': {e}", r.source.decl.name))
+        };
+        if r.streamed {
+            let ranges: Vec<RangeFetch> = r
+                .reads
+                .iter()
+                .map(|p| {
+                    let skip = p.bad.iter().map(|b| b.record.offset).collect();
+                    RangeFetch::new(
+                        r.source.client.clone(),
+                        r.source.decoder.clone(),
+                        p.range.clone(),
+                        skip,
+                    )
+                })
+                .collect();
+            r.source.register_fetches(ctx, ranges.clone()).map_err(failed)?;
+            fetches.push(ranges);
+        } else {
+            let partitions = r.reads.iter().map(|p| p.batches.clone()).collect();
+            r.source.register(ctx, partitions).map_err(failed)?;
+            fetches.push(Vec::new());
+        }
     }
-    Ok(())
+    Ok(Fetches(fetches))
+}
+
+/// `reads` as the queries found them: a streamed range as far as it was
+/// readable, with its record count and every bad record.
+pub async fn complete(reads: &[SourceReads], fetches: &Fetches) -> Result<Vec<SourceReads>> {
+    let mut out = Vec::new();
+    for (r, ranges) in reads.iter().zip(&fetches.0) {
+        if !r.streamed {
+            out.push(r.clone());
+            continue;
+        }
+        let mut done = Vec::new();
+        for (planned, fetch) in r.reads.iter().zip(ranges) {
+            // The fetch counted the records set aside too; it left out their rows.
+            let mut read = fetch.outcome().await?;
+            read.bad.extend(planned.bad.iter().cloned());
+            read.bad.sort_by_key(|b| b.record.offset);
+            done.push(read);
+        }
+        out.push(SourceReads {
+            source: r.source.clone(),
+            reads: done,
+            streamed: false,
+        });
+    }
+    Ok(out)
 }
 
 /// The `txn` actions recording every range of `reads` for `pipeline`.
@@ -403,20 +464,30 @@ fn produce_dead_letters(
 /// Tell each source's consumer group how far the feature sets got, for lag
 /// monitors. The feature sets stay the truth; a failure here only warns.
 pub async fn report_to_groups(reads: &[SourceReads]) {
+    // Feature sets that stood apart read a source more than once: the
+    // furthest read of each partition is where the group stands.
+    let mut furthest: BTreeMap<String, (&KafkaSource, Positions)> = BTreeMap::new();
     for r in reads {
-        let mut tpl = TopicPartitionList::new();
+        let (_, at) = furthest
+            .entry(r.source.decl.name.clone())
+            .or_insert_with(|| (&r.source, Positions::new()));
         for p in r.reads.iter().filter(|p| !p.range.is_empty()) {
-            if let Err(e) =
-                tpl.add_partition_offset(&p.range.topic, p.range.partition, Offset::Offset(p.range.to))
-            {
+            let to = at.entry(p.range.tp()).or_insert(p.range.to);
+            *to = (*to).max(p.range.to);
+        }
+    }
+    for (source, at) in furthest.into_values() {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, &to) in &at {
+            if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(to)) {
                 tracing::warn!(error = %e, "offsets for the consumer group");
             }
         }
         if tpl.count() == 0 {
             continue;
         }
-        let client = r.source.client.clone();
-        let group = r.source.group_id.clone();
+        let client = source.client.clone();
+        let group = source.group_id.clone();
         let result = tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = client.create()?;
             consumer.commit(&tpl, CommitMode::Sync)

@@ -67,7 +67,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// What a run read from Kafka.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct KafkaSummary {
     pub records: u64,
     pub bad_records: u64,
@@ -185,6 +185,14 @@ fn session(options: &RunOptions) -> Result<datafusion::prelude::SessionContext> 
 }
 
 impl KafkaSummary {
+    /// What another pass of the same run read (feature sets that stood
+    /// apart read their own ranges).
+    fn add(&mut self, other: KafkaSummary) {
+        self.records += other.records;
+        self.bad_records += other.bad_records;
+        self.ranges.extend(other.ranges);
+    }
+
     fn of(reads: &[kafka::SourceReads]) -> Self {
         KafkaSummary {
             records: reads.iter().map(|r| r.records()).sum(),

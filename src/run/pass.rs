@@ -10,7 +10,9 @@ use super::progress::Progress;
 use super::{KafkaSummary, RunOptions, RunSummary, SinkOutcome, kafka, poison, session};
 use crate::engine::{self, PlannedInsert, PlannedPipeline};
 use crate::error::{Context, Fault, KilnError, Result};
-use crate::featureset::{self, InputFile, Lineage, LostRange, OpenTables, StagedWrite, StatsCollector};
+use crate::featureset::{
+    self, FileWriter, InputFile, Lineage, LostRange, OpenTables, StagedWrite, StatsCollector,
+};
 use crate::ledger::{self, ReadInput};
 use crate::pipeline::{Pipeline, SinkMode};
 use crate::source::kafka::{PartitionRange, TopicPartition};
@@ -51,9 +53,10 @@ pub(crate) struct Pass {
     pub has_kafka: bool,
 }
 
-/// Run one group's pass in a session of its own. A pass whose queries fail
-/// on Kafka records is run again without the records that fail them by
-/// themselves, which go to the dead letters (see [`poison`]).
+/// Run one group's pass in a session of its own; returns its summary and
+/// what it read. A pass whose queries fail on Kafka records is run again
+/// without the records that fail them by themselves, which go to the dead
+/// letters (see [`poison`]).
 pub(super) async fn run_group(
     pipeline: &Pipeline,
     options: &RunOptions,
@@ -61,15 +64,15 @@ pub(super) async fn run_group(
     run_id: &str,
     started: Instant,
     mut pass: Pass,
-) -> Result<RunSummary> {
+) -> Result<(RunSummary, Vec<kafka::SourceReads>)> {
     let mut searched = false;
     loop {
         let ctx = session(options)?;
-        kafka::register(&ctx, &pass.reads)?;
-        match run_pass(&ctx, pipeline, options, tables, run_id, started, &pass).await {
+        let fetches = kafka::register(&ctx, &pass.reads)?;
+        match run_pass(&ctx, pipeline, options, tables, run_id, started, &pass, &fetches).await {
             // A bad value, not a store failing under the query.
             Err(e @ KilnError::Execution { .. })
-                if pass.has_kafka && !searched && e.fault() == Fault::User =>
+                if pass.has_kafka && !searched && e.fault() == Fault::User && !e.is_data_loss() =>
             {
                 searched = true;
                 tracing::warn!(error = %e, "the pass failed while executing; looking for the records that fail it");
@@ -83,7 +86,9 @@ pub(super) async fn run_group(
     }
 }
 
-/// Plan, execute every INSERT, then commit: one pass of a run.
+/// Plan, execute every INSERT into its data files, then commit: one pass
+/// of a run.
+#[allow(clippy::too_many_arguments)]
 async fn run_pass(
     ctx: &datafusion::prelude::SessionContext,
     pipeline: &Pipeline,
@@ -92,12 +97,12 @@ async fn run_pass(
     run_id: &str,
     started: Instant,
     pass: &Pass,
-) -> Result<RunSummary> {
+    fetches: &kafka::Fetches,
+) -> Result<(RunSummary, Vec<kafka::SourceReads>)> {
     let planned = engine::plan_pipeline(ctx, pipeline, tables, pass.files.as_ref())
         .await
         .map_err(KilnError::Problems)?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "planned");
-    let kafka_summary = pass.has_kafka.then(|| KafkaSummary::of(&pass.reads));
     let incremental: BTreeSet<String> = planned
         .sources
         .iter()
@@ -106,14 +111,25 @@ async fn run_pass(
         .collect();
 
     let progress = Progress::new(options.progress);
-    let mut staged = Vec::new();
-    let mut input_files = 0;
+    let mut written = Vec::new();
     for (insert, (stmt, _)) in planned.inserts.iter().zip(pipeline.inserts()) {
         progress.start(&insert.feature_set.name);
-        let (batches, stats, rows) = execute(insert, &progress)
+        let mut writer =
+            FileWriter::open(&insert.feature_set.location, insert.target_schema.clone(), tables).await?;
+        let stats = execute(insert, &progress, Some(&mut writer))
             .await
             .map_err(|e| with_place(pipeline.problem(stmt, "while running this INSERT").to_string(), e))?;
-        let inputs = files_read(&planned);
+        written.push((insert, writer.finish().await?, stats, files_read(&planned)));
+    }
+    progress.finish();
+    // Every INSERT has run: what each streamed range held is known now.
+    let reads = kafka::complete(&pass.reads, fetches).await?;
+    let kafka_summary = pass.has_kafka.then(|| KafkaSummary::of(&reads));
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "executed");
+
+    let mut staged = Vec::new();
+    let mut input_files = 0;
+    for (insert, files, stats, inputs) in written {
         input_files += inputs.len();
         let lineage = Lineage {
             pipeline: pipeline.name.clone(),
@@ -122,7 +138,7 @@ async fn run_pass(
             run_id: run_id.to_string(),
             trigger: options.trigger.clone(),
             mode: insert.feature_set.options.mode.as_str().to_string(),
-            kafka: pass.reads.iter().flat_map(|r| r.lineage()).collect(),
+            kafka: reads.iter().flat_map(|r| r.lineage()).collect(),
             lost: pass
                 .lost
                 .iter()
@@ -134,7 +150,7 @@ async fn run_pass(
                 })
                 .collect(),
             inputs,
-            rows_written: rows,
+            rows_written: files.rows,
             columns: stats,
         };
         let read_at = pass
@@ -148,13 +164,12 @@ async fn run_pass(
             .filter(|f| incremental.contains(&f.source))
             .map(|f| (f.path.as_str(), modified_ms(&f.last_modified)))
             .collect();
-        let mut transactions = kafka::transactions(&pipeline.name, &pass.reads);
+        let mut transactions = kafka::transactions(&pipeline.name, &reads);
         transactions.extend(ledger::file_transactions(
             &pipeline.name,
             ledger_files.iter().copied(),
         ));
-        let mut inputs: Vec<ReadInput> = pass
-            .reads
+        let mut inputs: Vec<ReadInput> = reads
             .iter()
             .flat_map(|r| r.reads.iter())
             .map(|r| ReadInput {
@@ -173,7 +188,7 @@ async fn run_pass(
                 location: insert.feature_set.location.clone(),
                 mode: insert.feature_set.options.mode,
                 schema: insert.target_schema.clone(),
-                batches,
+                files,
                 add_columns: insert.add_columns,
                 lineage,
                 transactions,
@@ -181,11 +196,9 @@ async fn run_pass(
             },
         ));
     }
-    progress.finish();
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "executed");
     if pass.has_kafka {
-        kafka::check_bad_record_limits(&pass.reads)?;
-        kafka::send_to_dead_letter_topics(&pipeline.name, run_id, &pass.reads).await?;
+        kafka::check_bad_record_limits(&reads)?;
+        kafka::send_to_dead_letter_topics(&pipeline.name, run_id, &reads).await?;
     }
 
     let mut outcomes = Vec::new();
@@ -216,7 +229,7 @@ async fn run_pass(
             fail::fail_point!("run-before-dead-letters", |_| Err(failpoint(
                 "run-before-dead-letters"
             )));
-            let written = commit_dead_letters(pipeline, tables, run_id, &write, &pass.reads).await?;
+            let written = commit_dead_letters(pipeline, tables, run_id, &write, &reads).await?;
             fail::fail_point!("run-after-dead-letters", |_| Err(failpoint(
                 "run-after-dead-letters"
             )));
@@ -239,7 +252,7 @@ async fn run_pass(
         });
     }
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "committed");
-    Ok(RunSummary {
+    let summary = RunSummary {
         pipeline: pipeline.name.clone(),
         file: pipeline.file.clone(),
         run_id: run_id.to_string(),
@@ -247,7 +260,8 @@ async fn run_pass(
         input_files,
         kafka: kafka_summary,
         feature_sets: outcomes,
-    })
+    };
+    Ok((summary, reads))
 }
 
 /// The error a failpoint set to `return` raises (test builds only, with
@@ -314,10 +328,16 @@ async fn commit_dead_letters(
         .collect();
     let dead = StagedWrite {
         name: format!("{}/_dead_letters", write.name),
-        location,
+        location: location.clone(),
         mode: SinkMode::Append,
         schema: featureset::dead_letter_schema(),
-        batches: vec![featureset::dead_letter_batch(&letters, &pipeline.name, run_id)],
+        files: featureset::write_batches(
+            &location,
+            featureset::dead_letter_schema(),
+            vec![featureset::dead_letter_batch(&letters, &pipeline.name, run_id)],
+            tables,
+        )
+        .await?,
         add_columns: false,
         lineage: Lineage {
             rows_written: count,
@@ -373,15 +393,14 @@ fn with_place(place: String, e: KilnError) -> KilnError {
     }
 }
 
-/// Run one INSERT's query to completion, keeping its rows in storable form.
+/// Run one INSERT's query to completion, its rows in storable form into
+/// `writer` (none: only to see whether it fails); returns the statistics
+/// of its columns.
 pub(super) async fn execute(
     insert: &PlannedInsert,
     progress: &Progress,
-) -> Result<(
-    Vec<arrow::record_batch::RecordBatch>,
-    Vec<featureset::ColumnStats>,
-    u64,
-)> {
+    mut writer: Option<&mut FileWriter>,
+) -> Result<Vec<featureset::ColumnStats>> {
     let mut stream = insert
         .df
         .clone()
@@ -389,8 +408,6 @@ pub(super) async fn execute(
         .await
         .context(|| format!("planning the query for '{}'", insert.feature_set.name))?;
     let mut stats = StatsCollector::new(&insert.target_schema);
-    let mut batches = Vec::new();
-    let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch.context(|| format!("computing '{}'", insert.feature_set.name))?;
         if batch.num_rows() == 0 {
@@ -398,9 +415,10 @@ pub(super) async fn execute(
         }
         let stored = featureset::to_storable(&batch, &insert.target_schema)?;
         stats.update(&stored);
-        rows += stored.num_rows() as u64;
         progress.add(stored.num_rows() as u64);
-        batches.push(stored);
+        if let Some(writer) = writer.as_deref_mut() {
+            writer.write(stored).await?;
+        }
     }
-    Ok((batches, stats.finish(), rows))
+    Ok(stats.finish())
 }

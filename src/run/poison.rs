@@ -14,8 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 
 use super::kafka::{self, SourceReads};
@@ -23,9 +22,10 @@ use super::pass::{Pass, execute};
 use super::progress::Progress;
 use super::{RunOptions, session};
 use crate::engine;
-use crate::error::{KilnError, Result};
+use crate::error::{Fault, KilnError, Result};
 use crate::featureset::OpenTables;
 use crate::pipeline::Pipeline;
+use crate::source::kafka::fetch::without_offsets;
 use crate::source::kafka::read::fetch_raw;
 use crate::source::kafka::{BadRecord, RawRecord};
 
@@ -33,58 +33,68 @@ use crate::source::kafka::{BadRecord, RawRecord};
 /// records in a quarter of a million.
 const MAX_PROBES: usize = 800;
 
-/// Where each batch's rows start when the pass's rows are numbered in
-/// order: (source, partition read, batch, first row number).
-struct Rows {
-    spans: Vec<(usize, usize, usize, usize)>,
+/// The offsets of the pass's ranges numbered one after the other: (source,
+/// partition read, first offset, first number, how many). A number with no
+/// record behind it (a gap, a record that did not decode) fails nothing.
+struct Offsets {
+    spans: Vec<(usize, usize, i64, usize, usize)>,
     total: usize,
 }
 
-impl Rows {
+impl Offsets {
     fn of(reads: &[SourceReads]) -> Self {
         let mut spans = Vec::new();
         let mut total = 0;
         for (s, source) in reads.iter().enumerate() {
             for (r, read) in source.reads.iter().enumerate() {
-                for (b, batch) in read.batches.iter().enumerate() {
-                    spans.push((s, r, b, total));
-                    total += batch.num_rows();
-                }
+                let len = (read.range.to - read.range.from).max(0) as usize;
+                spans.push((s, r, read.range.from, total, len));
+                total += len;
             }
         }
         Self { spans, total }
     }
 
-    /// The reads with only the rows numbered `lo..hi`.
+    /// The reads with only the offsets numbered `lo..hi`: a narrower range
+    /// to fetch, or the rows in memory at those offsets.
     fn subset(&self, reads: &[SourceReads], lo: usize, hi: usize) -> Vec<SourceReads> {
         let mut out = reads.to_vec();
-        for read in out.iter_mut().flat_map(|s| s.reads.iter_mut()) {
-            read.batches.clear();
-            read.bad.clear();
+        for &(s, r, from, start, len) in &self.spans {
+            let a = from + (lo.clamp(start, start + len) - start) as i64;
+            let b = from + (hi.clamp(start, start + len) - start) as i64;
+            let streamed = out[s].streamed;
+            let read = &mut out[s].reads[r];
+            read.batches = read
+                .batches
+                .iter()
+                .filter_map(|batch| window(batch, a, b.max(a)))
+                .collect();
+            read.bad
+                .retain(|bad| streamed && (a..b).contains(&bad.record.offset));
+            read.range.from = a;
+            read.range.to = b.max(a);
             read.records = 0;
-        }
-        for &(s, r, b, start) in &self.spans {
-            let batch = &reads[s].reads[r].batches[b];
-            let (from, to) = (lo.max(start), hi.min(start + batch.num_rows()));
-            if from < to {
-                out[s].reads[r].batches.push(batch.slice(from - start, to - from));
-            }
         }
         out
     }
 
-    /// (source, partition read, offset) of row number `row`.
-    fn locate(&self, reads: &[SourceReads], row: usize) -> Option<(usize, usize, i64)> {
+    /// (source, partition read, offset) of number `n`.
+    fn locate(&self, n: usize) -> Option<(usize, usize, i64)> {
         let i = self
             .spans
-            .partition_point(|&(_, _, _, start)| start <= row)
+            .partition_point(|&(_, _, _, start, _)| start <= n)
             .checked_sub(1)?;
-        let (s, r, b, start) = self.spans[i];
-        let offsets = reads[s].reads[r].batches[b]
-            .column_by_name("_offset")?
-            .as_primitive::<Int64Type>();
-        Some((s, r, offsets.value(row - start)))
+        let (s, r, from, start, len) = self.spans[i];
+        (n < start + len).then(|| (s, r, from + (n - start) as i64))
     }
+}
+
+/// The rows of `batch` (in offset order) at offsets `a..b`.
+fn window(batch: &RecordBatch, a: i64, b: i64) -> Option<RecordBatch> {
+    let offsets = batch.column_by_name("_offset")?.as_primitive::<Int64Type>();
+    let first = offsets.values().partition_point(|o| *o < a);
+    let end = offsets.values().partition_point(|o| *o < b);
+    (first < end).then(|| batch.slice(first, end - first))
 }
 
 /// `pass` with the records that fail its queries by themselves moved to
@@ -95,7 +105,7 @@ pub(crate) async fn set_aside(
     tables: &OpenTables,
     pass: &Pass,
 ) -> Result<Option<Pass>> {
-    let rows = Rows::of(&pass.reads);
+    let rows = Offsets::of(&pass.reads);
     // Failing without any Kafka record, the queries fail for another
     // reason (a file source, the SQL itself): no record is to blame.
     if fails(pipeline, options, tables, pass, &rows.subset(&pass.reads, 0, 0))
@@ -147,7 +157,7 @@ pub(crate) async fn set_aside(
     // Per partition read: the poisoned offsets and why.
     let mut by_read: BTreeMap<(usize, usize), BTreeMap<i64, String>> = BTreeMap::new();
     for (row, error) in poison {
-        let Some((s, r, offset)) = rows.locate(&pass.reads, row) else {
+        let Some((s, r, offset)) = rows.locate(row) else {
             return Ok(None);
         };
         by_read.entry((s, r)).or_default().insert(offset, error);
@@ -165,6 +175,7 @@ pub(crate) async fn set_aside(
         for (offset, error) in &offsets {
             tracing::warn!(partition = %tp, offset, error = %error, "the pipeline's SQL fails on this record; it goes to the dead letters");
         }
+        // A streamed read leaves its bad records out of the rows it fetches.
         let skip: BTreeSet<i64> = offsets.keys().copied().collect();
         read.batches = read
             .batches
@@ -202,28 +213,20 @@ async fn fails(
     reads: &[SourceReads],
 ) -> Result<Option<String>> {
     let ctx = session(options)?;
-    kafka::register(&ctx, reads)?;
+    let fetches = kafka::register(&ctx, reads)?;
     let planned = engine::plan_pipeline(&ctx, pipeline, tables, pass.files.as_ref())
         .await
         .map_err(KilnError::Problems)?;
     let quiet = Progress::new(false);
     for insert in &planned.inserts {
-        if let Err(e) = execute(insert, &quiet).await {
-            return Ok(Some(e.to_string()));
+        match execute(insert, &quiet, None).await {
+            Ok(_) => {}
+            // A broker or store failing, records gone: no record is to blame.
+            Err(e) if e.fault() != Fault::User || e.is_data_loss() => return Err(e),
+            Err(e) => return Ok(Some(e.to_string())),
         }
     }
+    // A streamed range that stopped early fails here, not in the query.
+    kafka::complete(reads, &fetches).await?;
     Ok(None)
-}
-
-fn without_offsets(batch: &RecordBatch, skip: &BTreeSet<i64>) -> Result<RecordBatch> {
-    let Some(offsets) = batch.column_by_name("_offset") else {
-        return Ok(batch.clone());
-    };
-    let keep: BooleanArray = offsets
-        .as_primitive::<Int64Type>()
-        .values()
-        .iter()
-        .map(|o| Some(!skip.contains(o)))
-        .collect();
-    Ok(filter_record_batch(batch, &keep)?)
 }

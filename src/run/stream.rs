@@ -374,6 +374,7 @@ impl Worker<'_> {
                 reads: vec![SourceReads {
                     source: self.source.clone(),
                     reads,
+                    streamed: false,
                 }],
                 files: None,
                 read_at: pass_read_at,
@@ -388,7 +389,7 @@ impl Worker<'_> {
                 fail::fail_point!("stream-revoked-before-commit");
             }
             let run_id = uuid::Uuid::new_v4().to_string();
-            let summary = run_group(
+            let (summary, _) = run_group(
                 &pass_pipeline,
                 &self.options.run,
                 &self.tables,

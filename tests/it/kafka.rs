@@ -720,3 +720,36 @@ fn a_backfill_runs_in_capped_steps() {
     let zero = kiln_env(d, &["run", "seen.sql", "--max-records", "0"], &env).failed();
     assert!(zero.stderr.contains("max-records"), "{}", zero.stderr);
 }
+
+#[test]
+fn a_query_that_stops_reading_early_still_consumes_its_whole_range() {
+    let case = Case::new("limit", 1);
+    let (brokers, topic, d) = (case.brokers.as_str(), case.topic.as_str(), case.dir.path());
+    write(
+        &d.join("first.sql"),
+        &format!(
+            "CREATE EXTERNAL TABLE clicks (id BIGINT NOT NULL, user_id BIGINT NOT NULL, item VARCHAR, dwell_ms DOUBLE)\n\
+             STORED AS JSON LOCATION 'kafka://{topic}'\n\
+             OPTIONS ('bootstrap.servers' '${{KAFKA}}', {NOIDA_FETCH});\n\
+             CREATE EXTERNAL TABLE seen STORED AS FEATURES LOCATION 'out/seen' OPTIONS ('key' 'id', 'mode' 'append');\n\
+             INSERT INTO seen SELECT id FROM clicks LIMIT 5;\n"
+        ),
+    );
+    // Far more records than the query needs, and a bad one at the very end:
+    // the query stops the fetch early, and the run still reads the rest.
+    let mut records = clicks(0, 30_000, 1);
+    records.push((0, Some(b"bad".to_vec()), Some(b"not json".to_vec())));
+    produce(brokers, topic, &records);
+
+    let run = run_json(d, "first.sql", brokers);
+    assert_eq!(run["feature_sets"][0]["rows"], 5, "{run}");
+    assert_eq!(run["kafka"]["records"], 30_001, "{run}");
+    assert_eq!(run["kafka"]["bad_records"], 1, "{run}");
+    assert_eq!(run["feature_sets"][0]["dead_letters"], 1, "{run}");
+    assert_eq!(ids_of(d, "seen").len(), 5);
+
+    // The whole range is consumed: the next run has nothing to read.
+    let again = run_json(d, "first.sql", brokers);
+    assert_eq!(again["feature_sets"][0]["rows"], 0, "{again}");
+    assert!(again["feature_sets"][0]["skipped"].is_string(), "{again}");
+}

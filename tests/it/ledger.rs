@@ -114,13 +114,13 @@ fn a_failure_between_two_commits_is_made_good_by_the_next_run() {
         ),
     );
     land_csv(d, 0, 5, 100);
-    // The second feature set cannot be written (a file stands where its
-    // folder would go): the run fails after the first one committed.
-    write(&d.join("out/second"), "in the way");
+    // The second feature set cannot be committed (a file stands where its
+    // log folder would go): the run fails after the first one committed.
+    write(&d.join("out/second/_delta_log"), "in the way");
     let failed = kiln(d, &["run", "p.sql"]).failed();
     assert!(failed.stderr.contains("out/second"), "{}", failed.stderr);
     assert_each_id_once(d, "first", 500);
-    std::fs::remove_file(d.join("out/second")).unwrap();
+    std::fs::remove_file(d.join("out/second/_delta_log")).unwrap();
 
     // More files land before the rerun: the first feature set reads only
     // those, the second every file, each once.

@@ -3,11 +3,13 @@
 //! A run reads, per topic-partition, the offsets between where its feature
 //! sets stopped (recorded in their Delta commits, see [`positions`]) and the
 //! high watermark seen when it started ([`read`]), decodes the values into
-//! the declared columns ([`decode`]) and hands them to DataFusion as an
-//! in-memory table with one partition per topic-partition.
+//! the declared columns ([`decode`]) and hands them to DataFusion as a
+//! table with one partition per topic-partition: fetched while the query
+//! runs ([`fetch`]), or already in memory (a stream worker's batch).
 
 pub mod buffer;
 pub mod decode;
+pub mod fetch;
 pub mod group;
 pub mod positions;
 pub mod read;
@@ -17,15 +19,18 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::MemTable;
 use datafusion::error::Result as DfResult;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 
 pub use decode::{BadRecord, METADATA_COLUMNS, RawRecord, RecordDecoder};
+pub use fetch::RangeFetch;
 pub use positions::{PartitionRange, TopicPartition};
-pub use read::{PartitionRead, read_ranges};
+pub use read::PartitionRead;
 
 use crate::pipeline::{KafkaSourceDecl, Pipeline};
 
@@ -115,6 +120,22 @@ impl KafkaSource {
     pub fn register(&self, ctx: &SessionContext, batches: Vec<Vec<RecordBatch>>) -> DfResult<()> {
         let partitions = if batches.is_empty() { vec![vec![]] } else { batches };
         let table = MemTable::try_new(self.schema(), partitions)?;
+        ctx.deregister_table(self.decl.name.as_str())?;
+        ctx.register_table(self.decl.name.as_str(), Arc::new(table))?;
+        Ok(())
+    }
+
+    /// Register the source under its name as `ranges`, fetched while the
+    /// queries run, one partition each.
+    pub fn register_fetches(&self, ctx: &SessionContext, ranges: Vec<RangeFetch>) -> DfResult<()> {
+        if ranges.is_empty() {
+            return self.register(ctx, Vec::new());
+        }
+        let partitions = ranges
+            .into_iter()
+            .map(|r| Arc::new(r) as Arc<dyn PartitionStream>)
+            .collect();
+        let table = StreamingTable::try_new(self.schema(), partitions)?;
         ctx.deregister_table(self.decl.name.as_str())?;
         ctx.register_table(self.decl.name.as_str(), Arc::new(table))?;
         Ok(())

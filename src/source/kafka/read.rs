@@ -122,28 +122,9 @@ pub async fn watermarks(
     .await
 }
 
-/// Read every range (empty ones are returned as they are), one consumer
-/// per topic, topics in parallel.
-pub async fn read_ranges(
-    client: &ClientConfig,
-    decoder: &RecordDecoder,
-    ranges: Vec<PartitionRange>,
-) -> Result<Vec<PartitionRead>> {
-    let mut by_topic: BTreeMap<String, Vec<PartitionRange>> = BTreeMap::new();
-    for range in ranges {
-        by_topic.entry(range.topic.clone()).or_default().push(range);
-    }
-    let reads = by_topic.into_values().map(|ranges| {
-        let client = client.clone();
-        let decoder = decoder.clone();
-        blocking(move || read_topic(&client, &decoder, ranges))
-    });
-    let mut out = Vec::new();
-    for read in futures::future::try_join_all(reads).await? {
-        out.extend(read);
-    }
-    Ok(out)
-}
+/// Where decoded chunks go as they are read (a streamed read): the rows
+/// and the records that could not be decoded; returns whether to go on.
+pub(super) type Emit<'a> = &'a mut dyn FnMut(Vec<RecordBatch>, Vec<BadRecord>) -> bool;
 
 /// One partition's read in progress.
 struct Progress {
@@ -155,21 +136,54 @@ struct Progress {
 }
 
 impl Progress {
-    fn decode(&mut self, decoder: &RecordDecoder) {
+    /// Decode the chunk gathered so far; with `emit`, hand it on rather
+    /// than keep it. Returns whether to go on reading.
+    fn decode(&mut self, decoder: &RecordDecoder, emit: &mut Option<Emit<'_>>) -> bool {
         if self.chunk.is_empty() {
-            return;
+            return true;
         }
         let chunk = self.chunk.finish();
         let (batches, bad) = decoder.decode(&self.read.range.topic, self.read.range.partition, &chunk);
-        self.read.batches.extend(batches);
-        self.read.bad.extend(bad);
+        match emit {
+            Some(emit) => emit(batches, bad),
+            None => {
+                self.read.batches.extend(batches);
+                self.read.bad.extend(bad);
+                true
+            }
+        }
     }
+}
+
+/// Read one range, handing its decoded chunks to `emit` as they come; the
+/// read returned has the range as far as it was read and its record
+/// count, no rows. It stops early when `emit` says so.
+pub(super) fn read_range(
+    client: &ClientConfig,
+    decoder: &RecordDecoder,
+    range: PartitionRange,
+    emit: Emit<'_>,
+) -> Result<PartitionRead> {
+    let mut client = client.clone();
+    // One consumer per partition here, and librdkafka's defaults let each
+    // prefetch up to 64 MiB and take fetch responses of 50 MiB, on top of
+    // what the query holds.
+    if client.get("queued.max.messages.kbytes").is_none() {
+        client.set("queued.max.messages.kbytes", "8192");
+    }
+    // librdkafka wants a fetch to hold at least one record of the largest size.
+    if client.get("fetch.max.bytes").is_none() && client.get("message.max.bytes").is_none() {
+        client.set("fetch.max.bytes", "8388608");
+    }
+    let mut reads = read_topic(&client, decoder, vec![range], Some(emit))?;
+    Ok(reads.remove(0))
 }
 
 fn read_topic(
     client: &ClientConfig,
     decoder: &RecordDecoder,
     ranges: Vec<PartitionRange>,
+    mut emit: Option<Emit<'_>>,
 ) -> Result<Vec<PartitionRead>> {
     let topic = ranges.first().map(|r| r.topic.clone()).unwrap_or_default();
     let mut assignment = TopicPartitionList::new();
@@ -199,6 +213,7 @@ fn read_topic(
             },
         );
     }
+    let mut going = true;
     if assignment.count() > 0 {
         // A range the broker no longer has fails the read instead of
         // librdkafka jumping past it.
@@ -210,25 +225,28 @@ fn read_topic(
         consumer
             .assign(&assignment)
             .map_err(kafka_error(&format!("assigning the partitions of '{topic}'")))?;
-        fetch(&consumer, &topic, decoder, &mut progress)?;
+        going = fetch(&consumer, &topic, decoder, &mut progress, &mut emit)?;
     }
-    let mut reads: Vec<PartitionRead> = progress
-        .into_values()
-        .map(|mut p| {
-            p.decode(decoder);
-            p.read
-        })
-        .collect();
+    let mut reads = Vec::new();
+    for mut p in progress.into_values() {
+        if going {
+            going = p.decode(decoder, &mut emit);
+        }
+        reads.push(p.read);
+    }
     reads.sort_by_key(|r| r.range.partition);
     Ok(reads)
 }
 
+/// Fetch until every partition has reached its end; false when `emit`
+/// said to stop.
 fn fetch(
     consumer: &BaseConsumer,
     topic: &str,
     decoder: &RecordDecoder,
     progress: &mut HashMap<i32, Progress>,
-) -> Result<()> {
+    emit: &mut Option<Emit<'_>>,
+) -> Result<bool> {
     let mut last_event = Instant::now();
     let mut last_error: Option<String> = None;
     while progress.values().any(|p| !p.done) {
@@ -254,8 +272,8 @@ fn fetch(
                 if p.read.range.to >= p.end {
                     finish(consumer, topic, p);
                 }
-                if p.chunk.is_full() {
-                    p.decode(decoder);
+                if p.chunk.is_full() && !p.decode(decoder, emit) {
+                    return Ok(false);
                 }
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
@@ -312,7 +330,7 @@ fn fetch(
             )));
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn finish(consumer: &BaseConsumer, topic: &str, p: &mut Progress) {
