@@ -10,6 +10,9 @@ pub struct Resources {
     pub target_partitions: usize,
     /// Bytes the memory pool may hand out before operators spill.
     pub memory_pool_bytes: usize,
+    /// Bytes for the buffers the pool does not see: Kafka fetches in flight
+    /// and the Parquet writers' row groups, sized from it.
+    pub buffer_bytes: usize,
     /// Where spill files go; the OS temp dir when `None`.
     pub spill_dir: Option<PathBuf>,
 }
@@ -18,6 +21,9 @@ pub struct Resources {
 /// what the pool does not see: batches in flight, Delta and Parquet
 /// writers, the allocator's own slack.
 const POOL_SHARE: f64 = 0.6;
+/// Share of the memory limit for fetch and write buffers; the rest of what
+/// the pool does not get is for the program itself and the allocator.
+const BUFFER_SHARE: f64 = 0.15;
 
 impl Resources {
     /// From the environment: `KILN_MEMORY_LIMIT` (bytes, or with a K/M/G
@@ -33,6 +39,7 @@ impl Resources {
             // Respects cgroup CPU quotas on Linux.
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             memory_pool_bytes: (limit as f64 * POOL_SHARE) as usize,
+            buffer_bytes: (limit as f64 * BUFFER_SHARE) as usize,
             spill_dir: std::env::var_os("KILN_SPILL_DIR").map(PathBuf::from),
         }
     }

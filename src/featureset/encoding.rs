@@ -20,17 +20,14 @@ const ENTRY_BYTES: usize = 8;
 const MIN_DICTIONARY_BYTES: usize = 64 * 1024;
 const MAX_DICTIONARY_BYTES: usize = 1024 * 1024;
 
-/// Bytes a row group may reach before it is closed: the writer holds the
-/// row group it is building in memory, and a million rows of wide values
-/// would otherwise be gigabytes.
-const MAX_ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
-
-/// Writer settings for a write of `rows` rows.
-pub fn writer_properties(rows: usize) -> WriterProperties {
+/// Writer settings for a write of `rows` rows, in row groups of at most
+/// `row_group_bytes`: the writer holds the row group it is building in
+/// memory, and a million rows of wide values would otherwise be gigabytes.
+pub fn writer_properties(rows: usize, row_group_bytes: usize) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_dictionary_page_size_limit(dictionary_limit(rows))
-        .set_max_row_group_bytes(Some(MAX_ROW_GROUP_BYTES))
+        .set_max_row_group_bytes(Some(row_group_bytes.max(1)))
         .build()
 }
 
@@ -78,7 +75,7 @@ mod tests {
         let mut writer = ArrowWriter::try_new(
             file.try_clone().unwrap(),
             schema,
-            Some(writer_properties(rows as usize)),
+            Some(writer_properties(rows as usize, 64 << 20)),
         )
         .unwrap();
         writer.write(&batch).unwrap();

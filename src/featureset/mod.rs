@@ -32,7 +32,7 @@ pub use lineage::{ColumnStats, InputFile, KafkaInput, LINEAGE_KEY, Lineage, Lost
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
 pub use tables::OpenTables;
-pub use write::{FileWriter, WrittenFiles, write_batches};
+pub use write::{FileWriter, WriteBuffers, WrittenFiles, write_batches};
 
 /// The table URL of a feature set location: a path (relative to the
 /// working directory), `file://`, `s3://` or `gs://`. Nothing is created.

@@ -6,10 +6,11 @@
 //! of those files. Files of a run that fails before its commit are in no
 //! version, so no reader sees them: the run stays all or nothing.
 //!
-//! The first rows are held back (up to one row group, or [`HOLD_BYTES`])
-//! before the Parquet writer is made, so that a small write, the usual
-//! stream batch, gets the dictionary limit its row count calls for (see
-//! [`super::encoding`]); a large one gets the limit of a full row group.
+//! The first rows are held back (up to one row group's rows, or a share of
+//! the write buffers) before the Parquet writer is made, so that a small
+//! write, the usual stream batch, gets the dictionary limit its row count
+//! calls for (see [`super::encoding`]); a large one gets the limit of a
+//! full row group.
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -24,8 +25,25 @@ use parquet::file::properties::DEFAULT_MAX_ROW_GROUP_ROW_COUNT;
 use super::{encoding, table_url};
 use crate::error::{Context, KilnError, Result};
 
-/// Rows held back at most before the writer is made, in bytes.
-const HOLD_BYTES: usize = 32 * 1024 * 1024;
+/// What a writer may hold in memory, from the bytes it is given (see
+/// `Resources::buffer_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteBuffers {
+    /// Rows held back before the Parquet writer is made.
+    pub hold_bytes: usize,
+    /// The row group being built.
+    pub row_group_bytes: usize,
+}
+
+impl WriteBuffers {
+    pub fn within(bytes: usize) -> Self {
+        const MIB: usize = 1 << 20;
+        Self {
+            hold_bytes: (bytes / 4).clamp(MIB, 32 * MIB),
+            row_group_bytes: (bytes / 2).clamp(4 * MIB, 64 * MIB),
+        }
+    }
+}
 
 /// Data files written for one feature set and not committed yet.
 #[derive(Debug, Default)]
@@ -40,6 +58,7 @@ pub struct FileWriter {
     schema: SchemaRef,
     store: ObjectStoreRef,
     stats: WriterStatsConfig,
+    buffers: WriteBuffers,
     held: Vec<RecordBatch>,
     held_rows: usize,
     held_bytes: usize,
@@ -50,7 +69,12 @@ pub struct FileWriter {
 impl FileWriter {
     /// A writer of rows of `schema` (storable, see [`super::to_storable`])
     /// into the feature set at `location`, which may not exist yet.
-    pub async fn open(location: &str, schema: SchemaRef, tables: &super::OpenTables) -> Result<Self> {
+    pub async fn open(
+        location: &str,
+        schema: SchemaRef,
+        tables: &super::OpenTables,
+        buffers: WriteBuffers,
+    ) -> Result<Self> {
         let context = || format!("opening feature set at '{location}' for writing");
         let (store, stats) = match tables.latest(location).await? {
             Some(table) => {
@@ -80,6 +104,7 @@ impl FileWriter {
             schema,
             store,
             stats,
+            buffers,
             held: Vec::new(),
             held_rows: 0,
             held_bytes: 0,
@@ -104,7 +129,7 @@ impl FileWriter {
         self.held_rows += batch.num_rows();
         self.held_bytes += batch.get_array_memory_size();
         self.held.push(batch);
-        if self.held_rows >= DEFAULT_MAX_ROW_GROUP_ROW_COUNT || self.held_bytes >= HOLD_BYTES {
+        if self.held_rows >= DEFAULT_MAX_ROW_GROUP_ROW_COUNT || self.held_bytes >= self.buffers.hold_bytes {
             self.start(DEFAULT_MAX_ROW_GROUP_ROW_COUNT).await?;
         }
         Ok(())
@@ -131,7 +156,7 @@ impl FileWriter {
         let config = WriterConfig::new(
             self.schema.clone(),
             Vec::new(),
-            Some(encoding::writer_properties(rows)),
+            Some(encoding::writer_properties(rows, self.buffers.row_group_bytes)),
             Some(DEFAULT_TARGET_FILE_SIZE),
             None,
             self.stats.num_indexed_cols,
@@ -162,7 +187,8 @@ pub async fn write_batches(
     batches: Vec<RecordBatch>,
     tables: &super::OpenTables,
 ) -> Result<WrittenFiles> {
-    let mut writer = FileWriter::open(location, schema, tables).await?;
+    let buffers = WriteBuffers::within(64 << 20);
+    let mut writer = FileWriter::open(location, schema, tables, buffers).await?;
     for batch in batches {
         writer.write(batch).await?;
     }

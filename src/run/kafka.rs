@@ -15,7 +15,7 @@ use crate::ledger::plan::{self, Start, StartError};
 use crate::ledger::{self, Ledger, Positions};
 use crate::pipeline::{Pipeline, Problem};
 pub use crate::source::kafka::KafkaSource;
-use crate::source::kafka::{PartitionRange, PartitionRead, RangeFetch, TopicPartition, read};
+use crate::source::kafka::{FetchBuffers, PartitionRange, PartitionRead, RangeFetch, TopicPartition, read};
 
 /// Check every Kafka source of `pipeline` (no broker is contacted).
 pub async fn prepare(
@@ -248,8 +248,16 @@ pub fn slice_from(reads: &[SourceReads], at: &Positions) -> Vec<SourceReads> {
 /// The fetches behind the streamed sources of a session, per source.
 pub struct Fetches(Vec<Vec<RangeFetch>>);
 
-/// Register every source's reads in `ctx`, one partition per topic-partition.
-pub fn register(ctx: &SessionContext, reads: &[SourceReads]) -> Result<Fetches> {
+/// Register every source's reads in `ctx`, one partition per
+/// topic-partition; the streamed ones share `buffer_bytes` for their
+/// fetches in flight.
+pub fn register(ctx: &SessionContext, reads: &[SourceReads], buffer_bytes: usize) -> Result<Fetches> {
+    let streamed = reads
+        .iter()
+        .filter(|r| r.streamed)
+        .map(|r| r.reads.len())
+        .sum::<usize>();
+    let buffers = FetchBuffers::within(buffer_bytes / streamed.max(1));
     let mut fetches = Vec::new();
     for r in reads {
         let failed = |e: datafusion::error::DataFusionError| {
@@ -262,7 +270,7 @@ pub fn register(ctx: &SessionContext, reads: &[SourceReads]) -> Result<Fetches> 
                 .map(|p| {
                     let skip = p.bad.iter().map(|b| b.record.offset).collect();
                     RangeFetch::new(
-                        r.source.client.clone(),
+                        buffers.applied_to(&r.source.client),
                         r.source.decoder.clone(),
                         p.range.clone(),
                         skip,

@@ -11,7 +11,7 @@ use super::{KafkaSummary, RunOptions, RunSummary, SinkOutcome, kafka, poison, se
 use crate::engine::{self, PlannedInsert, PlannedPipeline};
 use crate::error::{Context, Fault, KilnError, Result};
 use crate::featureset::{
-    self, FileWriter, InputFile, Lineage, LostRange, OpenTables, StagedWrite, StatsCollector,
+    self, FileWriter, InputFile, Lineage, LostRange, OpenTables, StagedWrite, StatsCollector, WriteBuffers,
 };
 use crate::ledger::{self, ReadInput};
 use crate::pipeline::{Pipeline, SinkMode};
@@ -68,7 +68,7 @@ pub(super) async fn run_group(
     let mut searched = false;
     loop {
         let ctx = session(options)?;
-        let fetches = kafka::register(&ctx, &pass.reads)?;
+        let fetches = kafka::register(&ctx, &pass.reads, options.resources.buffer_bytes / 2)?;
         match run_pass(&ctx, pipeline, options, tables, run_id, started, &pass, &fetches).await {
             // A bad value, not a store failing under the query.
             Err(e @ KilnError::Execution { .. })
@@ -114,8 +114,14 @@ async fn run_pass(
     let mut written = Vec::new();
     for (insert, (stmt, _)) in planned.inserts.iter().zip(pipeline.inserts()) {
         progress.start(&insert.feature_set.name);
-        let mut writer =
-            FileWriter::open(&insert.feature_set.location, insert.target_schema.clone(), tables).await?;
+        let buffers = WriteBuffers::within(options.resources.buffer_bytes / 2);
+        let mut writer = FileWriter::open(
+            &insert.feature_set.location,
+            insert.target_schema.clone(),
+            tables,
+            buffers,
+        )
+        .await?;
         let stats = execute(insert, &progress, Some(&mut writer))
             .await
             .map_err(|e| with_place(pipeline.problem(stmt, "while running this INSERT").to_string(), e))?;

@@ -213,7 +213,7 @@ async fn fails(
     reads: &[SourceReads],
 ) -> Result<Option<String>> {
     let ctx = session(options)?;
-    let fetches = kafka::register(&ctx, reads)?;
+    let fetches = kafka::register(&ctx, reads, options.resources.buffer_bytes / 2)?;
     let planned = engine::plan_pipeline(&ctx, pipeline, tables, pass.files.as_ref())
         .await
         .map_err(KilnError::Problems)?;

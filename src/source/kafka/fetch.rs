@@ -37,6 +37,46 @@ use crate::error::{KilnError, Result};
 /// [`CHUNK_BYTES`]: super::decode::CHUNK_BYTES
 const CHANNEL_CHUNKS: usize = 2;
 
+/// What one partition's consumer may prefetch. librdkafka's defaults let
+/// each consumer queue up to 100,000 records or 64 MiB and take fetch
+/// responses of 50 MiB; a run fetches every partition with a consumer of
+/// its own, beside what the query holds.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchBuffers {
+    bytes: usize,
+}
+
+impl FetchBuffers {
+    /// Buffers for one partition's fetch within `bytes`.
+    pub fn within(bytes: usize) -> Self {
+        Self {
+            bytes: bytes.clamp(2 << 20, 16 << 20),
+        }
+    }
+
+    /// `client` with these limits, where the pipeline set none of its own.
+    pub fn applied_to(&self, client: &ClientConfig) -> ClientConfig {
+        // Half for the queue of fetched records, half for a fetch response
+        // being read; librdkafka's own bookkeeping of a queued record is
+        // about 400 bytes, whatever its size.
+        let half = self.bytes / 2;
+        let sized_records = client.get("message.max.bytes").is_some();
+        let mut client = client.clone();
+        let mut set = |key: &str, value: String| {
+            if client.get(key).is_none() {
+                client.set(key, value);
+            }
+        };
+        set("queued.max.messages.kbytes", (half / 1024).to_string());
+        set("queued.min.messages", (half / 400).max(1000).to_string());
+        // A fetch must hold one record of the largest size the client allows.
+        if !sized_records {
+            set("fetch.max.bytes", half.max(1 << 20).to_string());
+        }
+        client
+    }
+}
+
 /// What the fetches of one range found.
 #[derive(Debug)]
 struct Found {
@@ -221,4 +261,38 @@ pub fn without_offsets(batch: &RecordBatch, skip: &BTreeSet<i64>) -> Result<Reco
         .map(|o| Some(!skip.contains(o)))
         .collect();
     Ok(filter_record_batch(batch, &keep)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_buffers_bound_the_consumer_unless_the_pipeline_says_otherwise() {
+        let mut declared = ClientConfig::new();
+        declared.set("bootstrap.servers", "b:9092");
+        let sized = FetchBuffers::within(8 << 20).applied_to(&declared);
+        assert_eq!(sized.get("queued.max.messages.kbytes"), Some("4096"));
+        assert_eq!(sized.get("fetch.max.bytes"), Some("4194304"));
+        assert_eq!(sized.get("queued.min.messages"), Some("10485"));
+        // A tiny budget still lets a fetch hold a record of the default
+        // largest size; a huge one stays at the cap.
+        let tiny = FetchBuffers::within(1).applied_to(&declared);
+        assert_eq!(tiny.get("fetch.max.bytes"), Some("1048576"));
+        let huge = FetchBuffers::within(usize::MAX).applied_to(&declared);
+        assert_eq!(huge.get("queued.max.messages.kbytes"), Some("8192"));
+
+        declared.set("queued.max.messages.kbytes", "65536");
+        declared.set("message.max.bytes", "20000000");
+        let own = FetchBuffers::within(8 << 20).applied_to(&declared);
+        assert_eq!(own.get("queued.max.messages.kbytes"), Some("65536"));
+        assert_eq!(
+            own.get("fetch.max.bytes"),
+            None,
+            "left to librdkafka beside a large message.max.bytes"
+        );
+        // librdkafka takes what was set.
+        let made: rdkafka::error::KafkaResult<rdkafka::consumer::BaseConsumer> = sized.create();
+        assert!(made.is_ok(), "{:?}", made.err());
+    }
 }

@@ -28,7 +28,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 
 pub use decode::{BadRecord, METADATA_COLUMNS, RawRecord, RecordDecoder};
-pub use fetch::RangeFetch;
+pub use fetch::{FetchBuffers, RangeFetch};
 pub use positions::{PartitionRange, TopicPartition};
 pub use read::PartitionRead;
 

@@ -164,18 +164,7 @@ pub(super) fn read_range(
     range: PartitionRange,
     emit: Emit<'_>,
 ) -> Result<PartitionRead> {
-    let mut client = client.clone();
-    // One consumer per partition here, and librdkafka's defaults let each
-    // prefetch up to 64 MiB and take fetch responses of 50 MiB, on top of
-    // what the query holds.
-    if client.get("queued.max.messages.kbytes").is_none() {
-        client.set("queued.max.messages.kbytes", "8192");
-    }
-    // librdkafka wants a fetch to hold at least one record of the largest size.
-    if client.get("fetch.max.bytes").is_none() && client.get("message.max.bytes").is_none() {
-        client.set("fetch.max.bytes", "8388608");
-    }
-    let mut reads = read_topic(&client, decoder, vec![range], Some(emit))?;
+    let mut reads = read_topic(client, decoder, vec![range], Some(emit))?;
     Ok(reads.remove(0))
 }
 
