@@ -29,7 +29,7 @@ use rdkafka::ClientConfig;
 use super::decode::{BadRecord, RecordDecoder};
 use super::positions::PartitionRange;
 use super::read::{self, PartitionRead};
-use crate::error::{KilnError, Result};
+use crate::error::{Context, KilnError, Result};
 
 /// Decoded chunks waiting for the query, per fetch: with [`CHUNK_BYTES`]
 /// chunks, what one partition's fetch holds ahead of the query.
@@ -133,8 +133,7 @@ impl RangeFetch {
         if self.found().done.is_empty() && !self.range.is_empty() {
             let mut rows = self.execute_now();
             while let Some(batch) = rows.next().await {
-                batch
-                    .map_err(|e| KilnError::Kafka(format!("reading {} to its end: {e}", self.range.tp())))?;
+                batch.context(|| format!("reading {} to its end", self.range.tp()))?;
             }
         }
         let found = self.found();
