@@ -133,6 +133,27 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Wait for a feature set's next version, or for the commit of one
+    /// trigger; prints the version. Exits 3 when the timeout passes first.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["after_version", "for_trigger"]))]
+    Wait {
+        /// The feature set's location (it may not exist yet).
+        url: String,
+        /// Return once there is a version newer than N.
+        #[arg(long, value_name = "N")]
+        after_version: Option<u64>,
+        /// Return once a commit's lineage names this trigger (`kiln run --trigger ID`).
+        #[arg(long, value_name = "ID")]
+        for_trigger: Option<String>,
+        /// Give up after this long (`30s`, `10m`); no limit by default.
+        #[arg(long, value_parser = run::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// How often to look for the next commit.
+        #[arg(long, value_parser = run::parse_duration, default_value = "1s")]
+        poll_interval: std::time::Duration,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Show one version of a feature set: schema, lineage and statistics.
     Show {
         /// LOCATION or LOCATION@VERSION (the latest when no version is given).
@@ -141,6 +162,9 @@ enum Command {
         output: Output,
     },
 }
+
+/// `kiln wait`'s exit status when its timeout passes.
+const TIMED_OUT: u8 = 3;
 
 fn parse_size(text: &str) -> Result<usize, String> {
     parse_bytes(text)
@@ -283,6 +307,27 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             let table = featureset::open_existing(&url, None).await?;
             let list = featureset::versions(&table).await?;
             emit(output, &list, |l| report::versions(l));
+        }
+        Command::Wait {
+            url,
+            after_version,
+            for_trigger,
+            timeout,
+            poll_interval,
+            output,
+        } => {
+            let wanted = match (after_version, for_trigger) {
+                (Some(n), _) => featureset::Wanted::After(n),
+                (None, Some(id)) => featureset::Wanted::Trigger(id),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            match featureset::wait(&url, &wanted, timeout, poll_interval).await? {
+                Some(arrived) => emit(output, &arrived, |a| format!("{}\n", a.version)),
+                None => {
+                    eprintln!("error: timed out waiting for '{url}'");
+                    return Ok(ExitCode::from(TIMED_OUT));
+                }
+            }
         }
         Command::Show { url, output } => {
             let (location, version) = split_version(&url);

@@ -8,6 +8,7 @@ mod lineage;
 mod schema;
 mod stats;
 mod tables;
+mod watch;
 mod write;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use lineage::{ColumnStats, InputFile, KafkaInput, LINEAGE_KEY, Lineage, Lost
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
 pub use tables::OpenTables;
+pub use watch::{Arrived, Wanted, wait};
 pub use write::{FileWriter, WriteBuffers, WrittenFiles, write_batches};
 
 /// The table URL of a feature set location: a path (relative to the

@@ -15,3 +15,4 @@ mod rebalance;
 mod run_local;
 mod s3;
 mod stream;
+mod wait;

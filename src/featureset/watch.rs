@@ -1,0 +1,201 @@
+//! Waiting for a feature set's next version (`kiln wait`) by watching its
+//! Delta log, without loading the table.
+//!
+//! A poll asks the store whether the next commit file (`_delta_log/
+//! <version>.json`) exists: one request, whatever the size of the log, and
+//! only a commit that exists is read. Waiting for a trigger's commit also
+//! reads the commits already there once (a run may commit before anyone
+//! waits for it), newest first, back to [`LOOK_BACK`] commits or the first
+//! one log cleanup kept.
+
+use std::time::{Duration, Instant};
+
+use deltalake::DeltaTableBuilder;
+use deltalake::logstore::ObjectStoreRef;
+use object_store::ObjectStoreExt as _;
+use object_store::path::Path;
+use serde::Serialize;
+
+use super::{LINEAGE_KEY, table_url};
+use crate::error::{Context, KilnError, Result};
+
+/// Commits read back when waiting for a trigger that may have committed
+/// already.
+const LOOK_BACK: u64 = 1000;
+
+/// What to wait for.
+#[derive(Debug, Clone)]
+pub enum Wanted {
+    /// Any version newer than this one.
+    After(u64),
+    /// A commit whose lineage names this trigger (`kiln run --trigger ID`).
+    Trigger(String),
+}
+
+/// The version waited for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Arrived {
+    pub location: String,
+    pub version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+}
+
+/// Wait until the feature set at `location` (which may not exist yet) has
+/// what is `wanted`, asking every `poll`; None when `timeout` passes first.
+pub async fn wait(
+    location: &str,
+    wanted: &Wanted,
+    timeout: Option<Duration>,
+    poll: Duration,
+) -> Result<Option<Arrived>> {
+    let log = Log::open(location)?;
+    let started = Instant::now();
+    let arrived = |version: u64| Arrived {
+        location: location.to_string(),
+        version,
+        trigger: match wanted {
+            Wanted::Trigger(id) => Some(id.clone()),
+            Wanted::After(_) => None,
+        },
+    };
+    let mut next = match wanted {
+        Wanted::After(after) => match log.latest().await? {
+            Some(latest) if latest > *after => return Ok(Some(arrived(latest))),
+            _ => after + 1,
+        },
+        Wanted::Trigger(id) => {
+            let latest = log.latest().await?;
+            if let Some(latest) = latest {
+                for version in (latest.saturating_sub(LOOK_BACK - 1)..=latest).rev() {
+                    match log.trigger_of(version).await? {
+                        Commit::Missing => break,
+                        Commit::By(trigger) if trigger.as_deref() == Some(id.as_str()) => {
+                            return Ok(Some(arrived(version)));
+                        }
+                        Commit::By(_) => {}
+                    }
+                }
+            }
+            latest.map_or(0, |v| v + 1)
+        }
+    };
+    loop {
+        match wanted {
+            Wanted::After(_) => {
+                if log.exists(next).await? {
+                    // Report the newest there is, not only the first newer.
+                    while log.exists(next + 1).await? {
+                        next += 1;
+                    }
+                    return Ok(Some(arrived(next)));
+                }
+            }
+            Wanted::Trigger(id) => {
+                // Read each new commit as it appears, without waiting in
+                // between.
+                let mut found_new = false;
+                while let Commit::By(trigger) = log.trigger_of(next).await? {
+                    found_new = true;
+                    if trigger.as_deref() == Some(id.as_str()) {
+                        return Ok(Some(arrived(next)));
+                    }
+                    next += 1;
+                }
+                if found_new {
+                    continue;
+                }
+            }
+        }
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
+            return Ok(None);
+        }
+        let left = timeout.map_or(poll, |t| t.saturating_sub(started.elapsed()).min(poll));
+        tokio::time::sleep(left).await;
+    }
+}
+
+/// A commit file: missing, or there with the trigger its lineage names.
+enum Commit {
+    Missing,
+    By(Option<String>),
+}
+
+/// A feature set's `_delta_log`, through its object store.
+struct Log {
+    location: String,
+    store: ObjectStoreRef,
+}
+
+impl Log {
+    fn open(location: &str) -> Result<Self> {
+        let url = table_url(location)?;
+        let table = DeltaTableBuilder::from_url(url)
+            .and_then(|b| b.build())
+            .context(|| format!("opening feature set at '{location}'"))?;
+        Ok(Self {
+            location: location.to_string(),
+            store: table.log_store().object_store(None),
+        })
+    }
+
+    fn commit_path(version: u64) -> Path {
+        Path::from(format!("_delta_log/{version:020}.json"))
+    }
+
+    async fn exists(&self, version: u64) -> Result<bool> {
+        match self.store.head(&Self::commit_path(version)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// The latest version: from the last checkpoint (if any) forward, one
+    /// request per commit since; None when nothing was committed.
+    async fn latest(&self) -> Result<Option<u64>> {
+        // Log cleanup may have removed the commit files up to the checkpoint.
+        let checkpoint = match self.store.get(&Path::from("_delta_log/_last_checkpoint")).await {
+            Ok(found) => {
+                let bytes = found.bytes().await.map_err(|e| self.failed(e))?;
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["version"].as_u64())
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(self.failed(e)),
+        };
+        let mut version = checkpoint.unwrap_or(0);
+        if checkpoint.is_none() && !self.exists(0).await? {
+            return Ok(None);
+        }
+        while self.exists(version + 1).await? {
+            version += 1;
+        }
+        Ok(Some(version))
+    }
+
+    async fn trigger_of(&self, version: u64) -> Result<Commit> {
+        let bytes = match self.store.get(&Self::commit_path(version)).await {
+            Ok(found) => found.bytes().await.map_err(|e| self.failed(e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Commit::Missing),
+            Err(e) => return Err(self.failed(e)),
+        };
+        let trigger = String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find_map(|action| {
+                action
+                    .get("commitInfo")?
+                    .get(LINEAGE_KEY)?
+                    .get("trigger")?
+                    .as_str()
+                    .map(str::to_string)
+            });
+        Ok(Commit::By(trigger))
+    }
+
+    fn failed(&self, e: object_store::Error) -> KilnError {
+        KilnError::Io(format!("reading the Delta log of '{}': {e}", self.location))
+    }
+}
