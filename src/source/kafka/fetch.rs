@@ -121,10 +121,6 @@ impl RangeFetch {
         }
     }
 
-    pub fn range(&self) -> &PartitionRange {
-        &self.range
-    }
-
     /// What was read, once the queries have run: the range as far as it
     /// was readable, its record count and bad records (no rows). A range
     /// that no query read to its end (a `LIMIT`, a source no INSERT reads)
