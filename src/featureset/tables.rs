@@ -51,6 +51,16 @@ impl OpenTables {
         Ok(Some(table))
     }
 
+    /// The feature set as last loaded here, without asking the store for
+    /// newer commits (what a writer needs of it changes only with table
+    /// properties); loaded when nothing is held.
+    pub async fn held(&self, location: &str) -> Result<Option<DeltaTable>> {
+        match self.cached(&key(location)?) {
+            Some(table) => Ok(Some(table)),
+            None => self.latest(location).await,
+        }
+    }
+
     /// The feature set at `version` (None: the latest); it must exist.
     pub async fn at(&self, location: &str, version: Option<u64>) -> Result<DeltaTable> {
         let Some(version) = version else {

@@ -76,7 +76,9 @@ impl FileWriter {
         buffers: WriteBuffers,
     ) -> Result<Self> {
         let context = || format!("opening feature set at '{location}' for writing");
-        let (store, stats) = match tables.latest(location).await? {
+        // The latest commits are read at the commit; a stream worker's
+        // batch should not list the log twice.
+        let (store, stats) = match tables.held(location).await? {
             Some(table) => {
                 let snapshot = table.snapshot().context(context)?;
                 (

@@ -1,6 +1,6 @@
 //! One try at a bounded run: read each feature set's ledger, plan where
-//! each starts and which run together, read the inputs once, then run and
-//! commit each group.
+//! each starts and which run together, then run and commit each group
+//! over its own ranges.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -15,8 +15,8 @@ use crate::ledger::plan::{self, Group, Standing};
 use crate::pipeline::Pipeline;
 use crate::source::kafka::TopicPartition;
 
-/// One try at a bounded run: read the ledgers, plan, read the inputs once,
-/// then run and commit each group of feature sets.
+/// One try at a bounded run: read the ledgers, plan, then run and commit
+/// each group of feature sets.
 pub(super) struct Attempt<'a> {
     pub pipeline: &'a Pipeline,
     pub options: &'a RunOptions,

@@ -136,22 +136,15 @@ struct Progress {
 }
 
 impl Progress {
-    /// Decode the chunk gathered so far; with `emit`, hand it on rather
-    /// than keep it. Returns whether to go on reading.
-    fn decode(&mut self, decoder: &RecordDecoder, emit: &mut Option<Emit<'_>>) -> bool {
+    /// Decode the chunk gathered so far and hand it to `emit`. Returns
+    /// whether to go on reading.
+    fn decode(&mut self, decoder: &RecordDecoder, emit: Emit<'_>) -> bool {
         if self.chunk.is_empty() {
             return true;
         }
         let chunk = self.chunk.finish();
         let (batches, bad) = decoder.decode(&self.read.range.topic, self.read.range.partition, &chunk);
-        match emit {
-            Some(emit) => emit(batches, bad),
-            None => {
-                self.read.batches.extend(batches);
-                self.read.bad.extend(bad);
-                true
-            }
-        }
+        emit(batches, bad)
     }
 }
 
@@ -164,7 +157,7 @@ pub(super) fn read_range(
     range: PartitionRange,
     emit: Emit<'_>,
 ) -> Result<PartitionRead> {
-    let mut reads = read_topic(client, decoder, vec![range], Some(emit))?;
+    let mut reads = read_topic(client, decoder, vec![range], emit)?;
     Ok(reads.remove(0))
 }
 
@@ -172,7 +165,7 @@ fn read_topic(
     client: &ClientConfig,
     decoder: &RecordDecoder,
     ranges: Vec<PartitionRange>,
-    mut emit: Option<Emit<'_>>,
+    emit: Emit<'_>,
 ) -> Result<Vec<PartitionRead>> {
     let topic = ranges.first().map(|r| r.topic.clone()).unwrap_or_default();
     let mut assignment = TopicPartitionList::new();
@@ -214,12 +207,12 @@ fn read_topic(
         consumer
             .assign(&assignment)
             .map_err(kafka_error(&format!("assigning the partitions of '{topic}'")))?;
-        going = fetch(&consumer, &topic, decoder, &mut progress, &mut emit)?;
+        going = fetch(&consumer, &topic, decoder, &mut progress, emit)?;
     }
     let mut reads = Vec::new();
     for mut p in progress.into_values() {
         if going {
-            going = p.decode(decoder, &mut emit);
+            going = p.decode(decoder, emit);
         }
         reads.push(p.read);
     }
@@ -234,7 +227,7 @@ fn fetch(
     topic: &str,
     decoder: &RecordDecoder,
     progress: &mut HashMap<i32, Progress>,
-    emit: &mut Option<Emit<'_>>,
+    emit: Emit<'_>,
 ) -> Result<bool> {
     let mut last_event = Instant::now();
     let mut last_error: Option<String> = None;
