@@ -5,18 +5,22 @@
 //! [`engine`] builds the DataFusion session and plans the pipeline against
 //! [`source`] tables, [`ledger`] keeps what each feature set consumed,
 //! [`featureset`] writes and commits the results, and
-//! [`run`] ties a whole run together. [`demo`] makes sample data and runs
+//! [`run`] ties a whole run together ([`trigger`] messages start runs of
+//! `kiln worker`; [`kafka_client`] holds the Kafka settings of the command
+//! line). [`demo`] makes sample data and runs
 //! the sample pipelines; [`report`] renders results for people.
 
 pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod featureset;
+pub mod kafka_client;
 pub mod ledger;
 pub mod ops;
 pub mod pipeline;
 pub mod report;
 pub mod run;
 pub mod source;
+pub mod trigger;
 
 pub use error::{KilnError, Result};

@@ -8,10 +8,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kiln::demo::{self, DemoSize};
 use kiln::engine::{Resources, parse_bytes};
 use kiln::featureset;
+use kiln::kafka_client::{self, ClientSettings};
 use kiln::ops::allocator;
 use kiln::ops::logging::{self, LogFormat};
 use kiln::pipeline::{Pipeline, Variables, parse_assignment};
 use kiln::run::{self, RunOptions, StreamOptions};
+use kiln::trigger::Trigger;
 use kiln::{KilnError, report};
 
 #[derive(Parser)]
@@ -55,6 +57,10 @@ enum Command {
         /// What started this run, recorded in the lineage.
         #[arg(long, default_value = "manual")]
         trigger: String,
+        /// The identity of what asked for this run: each feature set commits
+        /// one run per id, so running it again does only what is left.
+        #[arg(long, value_name = "ID")]
+        trigger_id: Option<String>,
         /// Read at most this many Kafka records in this run, shared out over
         /// the partitions (a backfill in versions of a known size).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -99,6 +105,51 @@ enum Command {
         #[arg(long, value_name = "NAME", value_parser = parse_pipeline_name)]
         pipeline: Option<String>,
         /// `text`: a line per committed batch; `json`: a JSON object per line.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Run pipelines when trigger messages arrive on a Kafka topic; each trigger runs once.
+    ///
+    /// A message is JSON: {"id": "...", "pipeline": "NAME", "set": {"VAR": "value"}}, keyed by
+    /// the pipeline name (see `kiln trigger`); it runs DIR/NAME.sql. Workers of one
+    /// deployment share a consumer group. SIGTERM or SIGINT stops taking triggers, lets
+    /// the runs in flight end (or, past --shutdown-timeout, abandons them) and exits 0.
+    Worker {
+        /// The trigger topic: kafka://TOPIC.
+        #[arg(long, value_name = "kafka://TOPIC", value_parser = parse_kafka_topic)]
+        triggers: String,
+        /// The folder of pipeline files, read again for every trigger.
+        #[arg(long, value_name = "DIR")]
+        pipelines: PathBuf,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Pipelines run at once by this worker (never two of one pipeline).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+        concurrency: u64,
+        /// On SIGTERM, or when the group moves a partition away, how long the
+        /// runs in flight may take to end before they are abandoned uncommitted.
+        #[arg(long, default_value = "30s", value_parser = run::parse_duration)]
+        shutdown_timeout: std::time::Duration,
+        /// `text`: a line per trigger; `json`: a JSON object per line.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Send one trigger message for `kiln worker`; prints its id.
+    Trigger {
+        /// The pipeline to run: its file name in the worker's folder, without .sql.
+        #[arg(value_parser = parse_pipeline_name)]
+        pipeline: String,
+        /// Set a ${NAME} variable of the run (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_assignment)]
+        set: Vec<(String, String)>,
+        /// The trigger topic (TOPIC or kafka://TOPIC).
+        #[arg(long, value_parser = parse_kafka_topic)]
+        topic: String,
+        /// The trigger's id (default: a new UUID); sending an id again runs nothing twice.
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        #[command(flatten)]
+        kafka: KafkaArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -161,6 +212,33 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+}
+
+/// Kafka client settings, as kcat spells them. The environment sets them
+/// too: KILN_KAFKA_BROKERS, and KILN_KAFKA_<PROPERTY> for any property
+/// (KILN_KAFKA_SASL_PASSWORD is sasl.password); these flags win.
+#[derive(clap::Args)]
+struct KafkaArgs {
+    /// Bootstrap brokers (default: $KILN_KAFKA_BROKERS, else localhost:9092).
+    #[arg(short = 'b', long = "brokers", value_name = "BROKERS")]
+    brokers: Option<String>,
+    /// A librdkafka property (repeatable), e.g. -X security.protocol=SASL_SSL.
+    #[arg(short = 'X', value_name = "PROPERTY=VALUE", value_parser = kafka_client::parse_property)]
+    properties: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    fn settings(&self) -> ClientSettings {
+        ClientSettings::from_env(self.brokers.as_deref(), &self.properties)
+    }
+}
+
+fn parse_kafka_topic(text: &str) -> Result<String, String> {
+    let topic = text.strip_prefix("kafka://").unwrap_or(text);
+    if topic.is_empty() || topic.contains('/') || topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("'{text}' is not a topic: write it like kafka://triggers"));
+    }
+    Ok(topic.to_string())
 }
 
 /// `kiln wait`'s exit status when its timeout passes.
@@ -227,6 +305,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             }
             let options = RunOptions {
                 trigger: "demo".into(),
+                trigger_id: None,
                 progress: true,
                 resources,
                 max_records: None,
@@ -238,6 +317,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             file,
             set,
             trigger,
+            trigger_id,
             max_records,
             pipeline,
             output,
@@ -245,6 +325,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             let pipeline = load(&file, set, pipeline)?;
             let options = RunOptions {
                 trigger,
+                trigger_id,
                 progress: output == Output::Text,
                 resources,
                 max_records,
@@ -274,6 +355,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                 shutdown_timeout,
                 run: RunOptions {
                     trigger,
+                    trigger_id: None,
                     progress: false,
                     resources,
                     max_records: None,
@@ -285,6 +367,41 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             };
             let summary = run::stream_pipeline(&pipeline, &options, &on_batch).await?;
             emit(output, &summary, report::stream_summary);
+        }
+        Command::Worker {
+            triggers,
+            pipelines,
+            kafka,
+            concurrency,
+            shutdown_timeout,
+            output,
+        } => {
+            let options = run::WorkerOptions {
+                topic: triggers,
+                pipelines,
+                client: kafka.settings(),
+                concurrency: concurrency as usize,
+                shutdown_timeout,
+                resources,
+            };
+            let on_trigger = |r: &run::TriggerReport| match output {
+                Output::Json => println!("{}", serde_json::to_string(r).expect("results serialize")),
+                Output::Text => print!("{}", report::trigger_line(r)),
+            };
+            let summary = run::run_worker(&options, &on_trigger).await?;
+            emit(output, &summary, report::worker_summary);
+        }
+        Command::Trigger {
+            pipeline,
+            set,
+            topic,
+            id,
+            kafka,
+            output,
+        } => {
+            let trigger = Trigger::new(&pipeline, set.into_iter().collect(), id);
+            let sent = kiln::trigger::send(&kafka.settings(), &topic, &trigger).await?;
+            emit(output, &sent, |s| format!("{}\n", s.id));
         }
         Command::Check { paths, set, output } => {
             let result = run::check_paths(&paths, &variables(set), &resources).await?;

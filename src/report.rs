@@ -4,7 +4,9 @@
 use std::fmt::Write;
 
 use crate::featureset::{VersionDetail, VersionInfo};
-use crate::run::{CheckReport, InsertPlan, RunSummary, StreamSummary};
+use crate::run::{
+    CheckReport, InsertPlan, RunSummary, StreamSummary, TriggerReport, TriggerStatus, WorkerSummary,
+};
 
 pub fn run_summary(s: &RunSummary) -> String {
     let mut out = String::new();
@@ -88,6 +90,53 @@ pub fn stream_summary(s: &StreamSummary) -> String {
     )
 }
 
+/// One line per trigger a worker finished with.
+pub fn trigger_line(r: &TriggerReport) -> String {
+    let id = r.id.as_deref().unwrap_or("-");
+    let pipeline = r.pipeline.as_deref().unwrap_or("-");
+    let what = match (&r.status, &r.run, &r.reason) {
+        (TriggerStatus::Failed, _, Some(reason)) => format!("failed: {reason}"),
+        (TriggerStatus::AlreadyRun, _, _) => "already run; acknowledged".to_string(),
+        (_, Some(run), _) => {
+            let versions: Vec<String> = run
+                .feature_sets
+                .iter()
+                .map(|o| match o.version {
+                    Some(v) => format!("{} v{v} ({} rows)", o.feature_set, o.rows),
+                    None => format!("{} unchanged", o.feature_set),
+                })
+                .collect();
+            format!("-> {}", versions.join(", "))
+        }
+        _ => format!("{:?}", r.status),
+    };
+    format!(
+        "trigger {id} ({pipeline}, partition {} offset {}): {what} in {:.2}s\n",
+        r.partition,
+        r.offset,
+        r.elapsed_ms as f64 / 1000.0
+    )
+}
+
+pub fn worker_summary(s: &WorkerSummary) -> String {
+    format!(
+        "worker on {}: stopped after {} triggers: {} committed, {} already run, {} failed{}\n",
+        s.topic,
+        s.triggers,
+        s.committed,
+        s.already_run,
+        s.failed,
+        if s.abandoned_at_shutdown > 0 {
+            format!(
+                "; {} runs abandoned at shutdown (their triggers run again on the next worker)",
+                s.abandoned_at_shutdown
+            )
+        } else {
+            String::new()
+        }
+    )
+}
+
 pub fn check_report(r: &CheckReport) -> String {
     let mut out = String::new();
     for f in &r.files {
@@ -157,11 +206,15 @@ pub fn version_detail(d: &VersionDetail) -> String {
     line(w, format!("  pipeline:   {}", l.pipeline));
     line(w, format!("  sql sha256: {}", l.sql_sha256));
     line(w, format!("  kiln:       {}", l.kiln_version));
+    let trigger = match &l.trigger_id {
+        Some(id) => format!("{} {id}", l.trigger),
+        None => l.trigger.clone(),
+    };
     line(
         w,
         format!(
-            "  run:        {} (trigger: {}, mode: {})",
-            l.run_id, l.trigger, l.mode
+            "  run:        {} (trigger: {trigger}, mode: {})",
+            l.run_id, l.mode
         ),
     );
     line(w, format!("  rows written: {}", l.rows_written));

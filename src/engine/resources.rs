@@ -45,6 +45,19 @@ impl Resources {
     }
 }
 
+impl Resources {
+    /// One of `n` sessions that run at once: each gets an equal share of
+    /// the memory, and all of the CPUs (they take turns on them).
+    pub fn shared_by(&self, n: usize) -> Self {
+        let n = n.max(1);
+        Self {
+            memory_pool_bytes: self.memory_pool_bytes / n,
+            buffer_bytes: self.buffer_bytes / n,
+            ..self.clone()
+        }
+    }
+}
+
 /// `512M`, `4G`, `1048576`.
 pub fn parse_bytes(text: &str) -> Option<usize> {
     let t = text.trim();

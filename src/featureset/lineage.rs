@@ -13,8 +13,12 @@ pub struct Lineage {
     pub sql_sha256: String,
     pub kiln_version: String,
     pub run_id: String,
-    /// What started the run: `manual`, `demo`, ...
+    /// What started the run: `manual`, `demo`, `kafka://TOPIC`, ...
     pub trigger: String,
+    /// The trigger's identity, when the run was started by one (`kiln
+    /// worker`, `kiln run --trigger-id`): each trigger commits once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_id: Option<String>,
     pub mode: String,
     /// Every input file the run read.
     pub inputs: Vec<InputFile>,

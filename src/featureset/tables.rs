@@ -145,6 +145,7 @@ mod tests {
                 kiln_version: String::new(),
                 run_id: String::new(),
                 trigger: "test".into(),
+                trigger_id: None,
                 mode: "append".into(),
                 inputs: Vec::new(),
                 kafka: Vec::new(),

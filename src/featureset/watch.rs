@@ -28,7 +28,8 @@ const LOOK_BACK: u64 = 1000;
 pub enum Wanted {
     /// Any version newer than this one.
     After(u64),
-    /// A commit whose lineage names this trigger (`kiln run --trigger ID`).
+    /// A commit whose lineage names this trigger: its id (`kiln worker`,
+    /// `kiln run --trigger-id`), or what `kiln run --trigger` named.
     Trigger(String),
 }
 
@@ -70,7 +71,7 @@ pub async fn wait(
                 for version in (latest.saturating_sub(LOOK_BACK - 1)..=latest).rev() {
                     match log.trigger_of(version).await? {
                         Commit::Missing => break,
-                        Commit::By(trigger) if trigger.as_deref() == Some(id.as_str()) => {
+                        Commit::By(names) if names.contains(id) => {
                             return Ok(Some(arrived(version)));
                         }
                         Commit::By(_) => {}
@@ -95,9 +96,9 @@ pub async fn wait(
                 // Read each new commit as it appears, without waiting in
                 // between.
                 let mut found_new = false;
-                while let Commit::By(trigger) = log.trigger_of(next).await? {
+                while let Commit::By(names) = log.trigger_of(next).await? {
                     found_new = true;
-                    if trigger.as_deref() == Some(id.as_str()) {
+                    if names.contains(id) {
                         return Ok(Some(arrived(next)));
                     }
                     next += 1;
@@ -115,10 +116,11 @@ pub async fn wait(
     }
 }
 
-/// A commit file: missing, or there with the trigger its lineage names.
+/// A commit file: missing, or there with what its lineage names as its
+/// trigger (the trigger's id and what started the run).
 enum Commit {
     Missing,
-    By(Option<String>),
+    By(Vec<String>),
 }
 
 /// A feature set's `_delta_log`, through its object store.
@@ -181,18 +183,15 @@ impl Log {
             Err(object_store::Error::NotFound { .. }) => return Ok(Commit::Missing),
             Err(e) => return Err(self.failed(e)),
         };
-        let trigger = String::from_utf8_lossy(&bytes)
+        let lineage = String::from_utf8_lossy(&bytes)
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .find_map(|action| {
-                action
-                    .get("commitInfo")?
-                    .get(LINEAGE_KEY)?
-                    .get("trigger")?
-                    .as_str()
-                    .map(str::to_string)
-            });
-        Ok(Commit::By(trigger))
+            .find_map(|mut action| Some(action.get_mut("commitInfo")?.get_mut(LINEAGE_KEY)?.take()));
+        let names = ["trigger_id", "trigger"]
+            .iter()
+            .filter_map(|key| Some(lineage.as_ref()?.get(*key)?.as_str()?.to_string()))
+            .collect();
+        Ok(Commit::By(names))
     }
 
     fn failed(&self, e: object_store::Error) -> KilnError {

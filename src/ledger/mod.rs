@@ -7,7 +7,11 @@
 //! - a Kafka partition: app id `kiln/<pipeline>/kafka/<topic>/<partition>`,
 //!   version the next offset to read;
 //! - a landed file: app id `kiln/<pipeline>/file/<url>`, version its
-//!   last-modified time in milliseconds.
+//!   last-modified time in milliseconds;
+//! - a trigger (`kiln worker`, `kiln run --trigger-id`): app id
+//!   `kiln/<pipeline>/trigger/<id>`, version the time of the commit in
+//!   milliseconds. A trigger is an input like any other: consumed once per
+//!   feature set, and two runs of it cannot both commit.
 //!
 //! `txn` actions are part of the table's state: checkpoints carry them
 //! forward, so log cleanup never loses them (unless the table sets
@@ -45,6 +49,8 @@ pub struct Ledger {
     pub kafka: Positions,
     /// URLs of the files read.
     pub files: BTreeSet<String>,
+    /// Ids of the triggers whose runs committed here.
+    pub triggers: BTreeSet<String>,
     /// Inputs other pipelines consumed into this feature set, by input
     /// (`kafka/<topic>/<partition>`, `file/<url>`): a renamed or copied
     /// pipeline file would read them all again.
@@ -55,9 +61,12 @@ impl Ledger {
     /// The other pipeline that consumed `input` (an [`input_key`]) into
     /// this feature set when this one never did.
     pub fn consumed_elsewhere(&self, input: &str) -> Option<&str> {
-        let own = match input.strip_prefix("file/") {
-            Some(url) => self.files.contains(url),
-            None => self.kafka.keys().any(|tp| kafka_key(tp) == input),
+        let own = if let Some(url) = input.strip_prefix("file/") {
+            self.files.contains(url)
+        } else if let Some(id) = input.strip_prefix("trigger/") {
+            self.triggers.contains(id)
+        } else {
+            self.kafka.keys().any(|tp| kafka_key(tp) == input)
         };
         if own {
             return None;
@@ -96,6 +105,16 @@ pub fn kafka_key(tp: &TopicPartition) -> String {
 /// The pipeline-independent name of a file input in a ledger.
 pub fn file_key(url: &str) -> String {
     format!("file/{url}")
+}
+
+/// The pipeline-independent name of a trigger in a ledger.
+pub fn trigger_key(id: &str) -> String {
+    format!("trigger/{id}")
+}
+
+/// The app id recording that `pipeline` committed the run of trigger `id`.
+pub fn trigger_app_id(pipeline: &str, id: &str) -> String {
+    format!("kiln/{pipeline}/{}", trigger_key(id))
 }
 
 /// The app id of a pipeline's position in a topic-partition.
@@ -137,6 +156,8 @@ fn from_app_versions(version: Option<u64>, pipeline: &str, versions: &BTreeMap<S
         }
         if let Some(url) = input.strip_prefix("file/") {
             ledger.files.insert(url.to_string());
+        } else if let Some(id) = input.strip_prefix("trigger/") {
+            ledger.triggers.insert(id.to_string());
         } else if let Some(tp) = input.strip_prefix("kafka/") {
             // Topic names cannot hold '/', so the last one splits off the partition.
             if let Some((topic, partition)) = tp.rsplit_once('/')
@@ -198,6 +219,12 @@ pub fn file_transactions<'a>(
         .collect()
 }
 
+/// The `txn` action that records the run of trigger `id` as committed.
+pub fn trigger_transaction(pipeline: &str, id: &str) -> Transaction {
+    let now = chrono::Utc::now().timestamp_millis();
+    Transaction::new_with_last_update(trigger_app_id(pipeline, id), now, Some(now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +236,8 @@ mod tests {
             ("kiln/p/kafka/clicks/1", 7),
             ("kiln/p/kafka/a.b-c/12", 3),
             ("kiln/p/file/s3://bucket/x/part=1/f.csv", 99),
+            ("kiln/p/trigger/2026-11-28/daily", 1764288000000),
+            ("kiln/p2/trigger/t-1", 1),
             ("kiln/p2/kafka/clicks/0", 500),
             ("kiln/p2/file/s3://bucket/y.csv", 1),
             ("kiln/o/kafka/clicks/0", 1),
@@ -239,5 +268,8 @@ mod tests {
         );
         assert_eq!(ledger.consumed_elsewhere("file/s3://bucket/y.csv"), Some("p2"));
         assert_eq!(ledger.consumed_elsewhere("kafka/clicks/9"), None);
+        // A trigger id may hold '/'.
+        assert_eq!(ledger.triggers, BTreeSet::from(["2026-11-28/daily".to_string()]));
+        assert_eq!(ledger.consumed_elsewhere("trigger/t-1"), Some("p2"));
     }
 }

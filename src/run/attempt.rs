@@ -49,6 +49,12 @@ impl Attempt<'_> {
             let partitions = self.ends.values().flat_map(|m| m.keys().map(ledger::kafka_key));
             let files = listed.iter().map(|f| ledger::file_key(f));
             ledger::refuse_other_pipelines(&ledger, &name, &pipeline.name, partitions.chain(files))?;
+            if let Some(id) = &self.options.trigger_id
+                && ledger.triggers.contains(id)
+            {
+                summary.record(skipped_set(pipeline, &name, super::ALREADY_COMMITTED));
+                continue;
+            }
             let mut kafka = BTreeMap::new();
             for source in self.kafka_sources {
                 kafka.extend(
@@ -74,6 +80,10 @@ impl Attempt<'_> {
             let file_work = !g.new_files.is_empty();
             (!has_kafka && !has_incremental) || (has_kafka && kafka_work) || (has_incremental && file_work)
         };
+        if standings.is_empty() && !summary.feature_sets.is_empty() {
+            // Every feature set has this trigger's commit.
+            return Ok(());
+        }
         let (busy, idle): (Vec<Group>, Vec<Group>) = plan::group(&standings).into_iter().partition(work);
         let why = if has_kafka {
             "no new records since the last run"

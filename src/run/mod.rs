@@ -17,6 +17,7 @@ mod poison;
 mod progress;
 mod retry;
 mod stream;
+mod worker;
 
 use std::time::Instant;
 
@@ -32,12 +33,21 @@ pub use check::{CheckReport, check_paths};
 pub use explain::{InsertPlan, explain_pipeline};
 use retry::Retries;
 pub use stream::{StreamOptions, StreamSummary, parse_duration, stream_pipeline};
+pub use worker::{TriggerReport, TriggerStatus, WorkerOptions, WorkerSummary, default_group, run_worker};
+
+/// Why a run of a trigger left a feature set alone: it has the trigger's
+/// commit already.
+pub(crate) const ALREADY_COMMITTED: &str = "this trigger has committed here already";
 
 /// How a run was started and how it reports.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Recorded in the lineage: `manual`, `demo`, `cronjob`, ...
     pub trigger: String,
+    /// The identity of the trigger this run is for: each feature set
+    /// commits at most one run of it (recorded in its ledger), so a trigger
+    /// delivered twice, or run again after a crash, only does what is left.
+    pub trigger_id: Option<String>,
     /// Show a progress indicator (only when stderr is a terminal).
     pub progress: bool,
     pub resources: Resources,

@@ -143,6 +143,7 @@ async fn run_pass(
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
             run_id: run_id.to_string(),
             trigger: options.trigger.clone(),
+            trigger_id: options.trigger_id.clone(),
             mode: insert.feature_set.options.mode.as_str().to_string(),
             kafka: reads.iter().flat_map(|r| r.lineage()).collect(),
             lost: pass
@@ -187,6 +188,13 @@ async fn run_pass(
             app_id: ledger::file_app_id(&pipeline.name, url),
             read_at: read_at.version,
         }));
+        if let Some(id) = &options.trigger_id {
+            transactions.push(ledger::trigger_transaction(&pipeline.name, id));
+            inputs.push(ReadInput {
+                app_id: ledger::trigger_app_id(&pipeline.name, id),
+                read_at: read_at.version,
+            });
+        }
         staged.push((
             insert,
             StagedWrite {

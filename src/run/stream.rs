@@ -619,7 +619,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(duration)
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {

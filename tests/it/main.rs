@@ -16,3 +16,4 @@ mod run_local;
 mod s3;
 mod stream;
 mod wait;
+mod worker;
