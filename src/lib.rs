@@ -6,13 +6,14 @@
 //! [`source`] tables, [`ledger`] keeps what each feature set consumed,
 //! [`featureset`] writes and commits the results, and
 //! [`run`] ties a whole run together ([`trigger`] messages start runs of
-//! `kiln worker`; [`kafka_client`] holds the Kafka settings of the command
-//! line). [`demo`] makes sample data and runs
+//! `kiln worker`; [`events`] announce new versions and failures;
+//! [`kafka_client`] holds the Kafka settings of the command line). [`demo`] makes sample data and runs
 //! the sample pipelines; [`report`] renders results for people.
 
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod featureset;
 pub mod kafka_client;
 pub mod ledger;

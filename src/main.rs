@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln::demo::{self, DemoSize};
 use kiln::engine::{Resources, parse_bytes};
+use kiln::events::{Events, FailureData};
 use kiln::featureset;
 use kiln::kafka_client::{self, ClientSettings};
 use kiln::ops::allocator;
@@ -70,6 +71,8 @@ enum Command {
         /// keeps reading where it stopped under its old name.
         #[arg(long, value_name = "NAME", value_parser = parse_pipeline_name)]
         pipeline: Option<String>,
+        #[command(flatten)]
+        events: EventArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -104,6 +107,8 @@ enum Command {
         /// consumer group (default: the file name without .sql).
         #[arg(long, value_name = "NAME", value_parser = parse_pipeline_name)]
         pipeline: Option<String>,
+        #[command(flatten)]
+        events: EventArgs,
         /// `text`: a line per committed batch; `json`: a JSON object per line.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -130,6 +135,10 @@ enum Command {
         /// runs in flight may take to end before they are abandoned uncommitted.
         #[arg(long, default_value = "30s", value_parser = run::parse_duration)]
         shutdown_timeout: std::time::Duration,
+        /// Announce every new version and every failed trigger as a
+        /// CloudEvent on this topic (the same brokers and settings).
+        #[arg(long, value_name = "kafka://TOPIC", value_parser = parse_kafka_topic)]
+        events: Option<String>,
         /// `text`: a line per trigger; `json`: a JSON object per line.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -233,6 +242,50 @@ impl KafkaArgs {
     }
 }
 
+/// `--events kafka://TOPIC` for `run` and `stream`, with the Kafka settings
+/// of its producer (as kcat spells them; the environment's KILN_KAFKA_*
+/// too).
+#[derive(clap::Args)]
+struct EventArgs {
+    /// Announce every new version and every failed run as a CloudEvent on this topic.
+    #[arg(long = "events", value_name = "kafka://TOPIC", value_parser = parse_kafka_topic)]
+    topic: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+/// Announce a run that failed, when events are on.
+async fn announce_failure(
+    events: &Option<Events>,
+    e: &KilnError,
+    pipeline: String,
+    trigger: &str,
+    trigger_id: Option<String>,
+) {
+    if let Some(events) = events {
+        events
+            .failed(FailureData {
+                reason: one_line(&e.to_string()),
+                pipeline: Some(pipeline),
+                run_id: None,
+                trigger: trigger.to_string(),
+                trigger_id,
+                message: None,
+            })
+            .await;
+    }
+}
+
+/// The name a pipeline file runs under.
+fn pipeline_name(file: &std::path::Path, name: &Option<String>) -> String {
+    name.clone().unwrap_or_else(|| {
+        file.file_stem().map_or_else(
+            || file.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        )
+    })
+}
+
 fn parse_kafka_topic(text: &str) -> Result<String, String> {
     let topic = text.strip_prefix("kafka://").unwrap_or(text);
     if topic.is_empty() || topic.contains('/') || topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -306,6 +359,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             let options = RunOptions {
                 trigger: "demo".into(),
                 trigger_id: None,
+                events: None,
                 progress: true,
                 resources,
                 max_records: None,
@@ -320,18 +374,30 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             trigger_id,
             max_records,
             pipeline,
+            events,
             output,
         } => {
-            let pipeline = load(&file, set, pipeline)?;
+            let events = Events::to_kafka(&events.kafka.settings(), events.topic.as_deref())?;
+            let name = pipeline_name(&file, &pipeline);
             let options = RunOptions {
                 trigger,
                 trigger_id,
                 progress: output == Output::Text,
                 resources,
                 max_records,
+                events: events.clone(),
             };
-            let summary = run::run_pipeline(&pipeline, &options).await?;
-            emit(output, &summary, report::run_summary);
+            let ran = match load(&file, set, pipeline) {
+                Ok(pipeline) => run::run_pipeline(&pipeline, &options).await,
+                Err(problems) => Err(KilnError::Problems(problems)),
+            };
+            match ran {
+                Ok(summary) => emit(output, &summary, report::run_summary),
+                Err(e) => {
+                    announce_failure(&events, &e, name, &options.trigger, options.trigger_id.clone()).await;
+                    return Err(e);
+                }
+            }
         }
         Command::Stream {
             file,
@@ -342,31 +408,47 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             shutdown_timeout,
             trigger,
             pipeline,
+            events,
             output,
         } => {
             if !allocator::tune_for_streaming() {
                 tracing::debug!("allocator thresholds left at their defaults");
             }
-            let pipeline = load(&file, set, pipeline)?;
+            let events = Events::to_kafka(&events.kafka.settings(), events.topic.as_deref())?;
+            let name = pipeline_name(&file, &pipeline);
+            let pipeline = match load(&file, set, pipeline) {
+                Ok(p) => p,
+                Err(problems) => {
+                    let e = KilnError::Problems(problems);
+                    announce_failure(&events, &e, name, &trigger, None).await;
+                    return Err(e);
+                }
+            };
             let options = StreamOptions {
                 batch_rows,
                 batch_bytes,
                 batch_interval,
                 shutdown_timeout,
                 run: RunOptions {
-                    trigger,
+                    trigger: trigger.clone(),
                     trigger_id: None,
                     progress: false,
                     resources,
                     max_records: None,
+                    events: events.clone(),
                 },
             };
             let on_batch = |s: &run::RunSummary| match output {
                 Output::Json => println!("{}", serde_json::to_string(s).expect("results serialize")),
                 Output::Text => print!("{}", report::batch_line(s)),
             };
-            let summary = run::stream_pipeline(&pipeline, &options, &on_batch).await?;
-            emit(output, &summary, report::stream_summary);
+            match run::stream_pipeline(&pipeline, &options, &on_batch).await {
+                Ok(summary) => emit(output, &summary, report::stream_summary),
+                Err(e) => {
+                    announce_failure(&events, &e, name, &trigger, None).await;
+                    return Err(e);
+                }
+            }
         }
         Command::Worker {
             triggers,
@@ -374,6 +456,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             kafka,
             concurrency,
             shutdown_timeout,
+            events,
             output,
         } => {
             let options = run::WorkerOptions {
@@ -383,6 +466,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                 concurrency: concurrency as usize,
                 shutdown_timeout,
                 resources,
+                events: Events::to_kafka(&kafka.settings(), events.as_deref())?,
             };
             let on_trigger = |r: &run::TriggerReport| match output {
                 Output::Json => println!("{}", serde_json::to_string(r).expect("results serialize")),

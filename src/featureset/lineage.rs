@@ -31,6 +31,9 @@ pub struct Lineage {
     pub lost: Vec<LostRange>,
     pub rows_written: u64,
     pub columns: Vec<ColumnStats>,
+    /// From the start of the run to this commit's staging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

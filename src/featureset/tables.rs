@@ -152,6 +152,7 @@ mod tests {
                 lost: Vec::new(),
                 rows_written: 3,
                 columns: Vec::new(),
+                duration_ms: None,
             },
             transactions: Vec::new(),
             inputs: Vec::new(),

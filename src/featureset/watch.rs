@@ -16,7 +16,7 @@ use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
 use serde::Serialize;
 
-use super::{LINEAGE_KEY, table_url};
+use super::{LINEAGE_KEY, Lineage, table_url};
 use crate::error::{Context, KilnError, Result};
 
 /// Commits read back when waiting for a trigger that may have committed
@@ -116,6 +116,29 @@ pub async fn wait(
     }
 }
 
+/// The newest of the last [`LOOK_BACK`] commits of the feature set at
+/// `location` whose lineage names trigger `id`, with that lineage.
+pub async fn trigger_commit(location: &str, id: &str) -> Result<Option<(u64, Lineage)>> {
+    let log = Log::open(location)?;
+    let Some(latest) = log.latest().await? else {
+        return Ok(None);
+    };
+    for version in (latest.saturating_sub(LOOK_BACK - 1)..=latest).rev() {
+        let Some(lineage) = log.lineage_of(version).await? else {
+            break;
+        };
+        if lineage.as_ref().and_then(|l| l.get("trigger_id")?.as_str()) == Some(id) {
+            let lineage = serde_json::from_value(lineage.expect("matched")).map_err(|e| {
+                KilnError::Io(format!(
+                    "reading the lineage of version {version} of '{location}': {e}"
+                ))
+            })?;
+            return Ok(Some((version, lineage)));
+        }
+    }
+    Ok(None)
+}
+
 /// A commit file: missing, or there with what its lineage names as its
 /// trigger (the trigger's id and what started the run).
 enum Commit {
@@ -178,20 +201,30 @@ impl Log {
     }
 
     async fn trigger_of(&self, version: u64) -> Result<Commit> {
-        let bytes = match self.store.get(&Self::commit_path(version)).await {
-            Ok(found) => found.bytes().await.map_err(|e| self.failed(e))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Commit::Missing),
-            Err(e) => return Err(self.failed(e)),
+        let Some(lineage) = self.lineage_of(version).await? else {
+            return Ok(Commit::Missing);
         };
-        let lineage = String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .find_map(|mut action| Some(action.get_mut("commitInfo")?.get_mut(LINEAGE_KEY)?.take()));
         let names = ["trigger_id", "trigger"]
             .iter()
             .filter_map(|key| Some(lineage.as_ref()?.get(*key)?.as_str()?.to_string()))
             .collect();
         Ok(Commit::By(names))
+    }
+
+    /// The lineage kiln recorded in commit `version` (None inside when the
+    /// commit is not kiln's); None when there is no such commit file.
+    async fn lineage_of(&self, version: u64) -> Result<Option<Option<serde_json::Value>>> {
+        let bytes = match self.store.get(&Self::commit_path(version)).await {
+            Ok(found) => found.bytes().await.map_err(|e| self.failed(e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.failed(e)),
+        };
+        Ok(Some(
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find_map(|mut action| Some(action.get_mut("commitInfo")?.get_mut(LINEAGE_KEY)?.take())),
+        ))
     }
 
     fn failed(&self, e: object_store::Error) -> KilnError {

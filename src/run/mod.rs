@@ -25,7 +25,8 @@ use serde::Serialize;
 
 use crate::engine::{self, Resources};
 use crate::error::{Context, Fault, KilnError, Result};
-use crate::featureset::{KafkaInput, OpenTables};
+use crate::events::{Events, VersionData};
+use crate::featureset::{KafkaInput, Lineage, OpenTables};
 use crate::pipeline::{Pipeline, SinkMode};
 
 use attempt::Attempt;
@@ -54,6 +55,8 @@ pub struct RunOptions {
     /// The most Kafka records one bounded run reads (a backfill in steps
     /// that each fit in memory); None: up to the high watermarks.
     pub max_records: Option<u64>,
+    /// Where each new version is announced (`--events`).
+    pub events: Option<Events>,
 }
 
 /// What happened to one feature set in a run.
@@ -70,6 +73,9 @@ pub struct SinkOutcome {
     /// Records written to the feature set's dead-letter table.
     #[serde(skip_serializing_if = "is_zero")]
     pub dead_letters: u64,
+    /// What the commit recorded, when there was one (for its event).
+    #[serde(skip)]
+    pub lineage: Option<Lineage>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -167,6 +173,9 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
         match attempt.run(&mut summary).await {
             Ok(()) => {
                 summary.elapsed_ms = started.elapsed().as_millis();
+                if let Some(events) = &options.events {
+                    announce(events, &summary).await;
+                }
                 return Ok(summary);
             }
             Err(e) => {
@@ -186,6 +195,22 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<R
                 tracing::warn!(error = %e, attempt = retries.attempts(), wait_ms = wait.as_millis() as u64, "{why}");
                 tokio::time::sleep(wait).await;
             }
+        }
+    }
+}
+
+/// Publish an event for every version `summary` committed.
+pub(crate) async fn announce(events: &Events, summary: &RunSummary) {
+    for outcome in &summary.feature_sets {
+        if let (Some(version), Some(lineage)) = (outcome.version, &outcome.lineage) {
+            events
+                .version(VersionData::of_commit(
+                    &outcome.feature_set,
+                    &outcome.location,
+                    version,
+                    lineage,
+                ))
+                .await;
         }
     }
 }

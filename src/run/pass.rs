@@ -159,6 +159,7 @@ async fn run_pass(
             inputs,
             rows_written: files.rows,
             columns: stats,
+            duration_ms: Some(started.elapsed().as_millis() as u64),
         };
         let read_at = pass
             .read_at
@@ -253,6 +254,7 @@ async fn run_pass(
         };
         let rows = write.rows();
         let location = write.location.clone();
+        let lineage = write.lineage.clone();
         let version = featureset::commit(write, tables).await?;
         committed.insert(location, version);
         outcomes.push(SinkOutcome {
@@ -263,6 +265,7 @@ async fn run_pass(
             mode: insert.feature_set.options.mode,
             skipped: None,
             dead_letters,
+            lineage: Some(lineage),
         });
     }
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "committed");
@@ -374,6 +377,7 @@ fn skipped(insert: &PlannedInsert, why: &str) -> SinkOutcome {
         mode: insert.feature_set.options.mode,
         skipped: Some(why.to_string()),
         dead_letters: 0,
+        lineage: None,
     }
 }
 
@@ -389,6 +393,7 @@ pub(super) fn skipped_set(pipeline: &Pipeline, name: &str, why: &str) -> SinkOut
         mode: decl.options.mode,
         skipped: Some(why.to_string()),
         dead_letters: 0,
+        lineage: None,
     }
 }
 

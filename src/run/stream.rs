@@ -251,6 +251,9 @@ impl Worker<'_> {
                     self.conflicts.reset();
                     for s in &summaries {
                         on_batch(s);
+                        if let Some(events) = &self.options.run.events {
+                            super::announce(events, s).await;
+                        }
                     }
                 }
                 Err(e) => {

@@ -20,6 +20,8 @@ pub struct Sent {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The message's timestamp (ms since the epoch), as the broker keeps it.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Send `trigger` to `topic`, keyed by its pipeline, and wait until the
@@ -59,5 +61,6 @@ pub async fn send(settings: &ClientSettings, topic: &str, trigger: &Trigger) -> 
         topic: topic.to_string(),
         partition: delivered.partition,
         offset: delivered.offset,
+        timestamp_ms: delivered.timestamp.to_millis(),
     })
 }

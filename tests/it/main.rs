@@ -6,6 +6,7 @@ mod common;
 
 mod check_errors;
 mod demo;
+mod events;
 mod failpoints;
 mod incremental;
 mod kafka;

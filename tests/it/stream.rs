@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::*;
+use crate::events::{events_on, schema_errors};
 use crate::kafka::{NOIDA_FETCH, Record, assert_group_offsets, broker, new_topic, produce};
 
 pub fn tansu() -> String {
@@ -171,12 +172,31 @@ fn stream_stops_cleanly_and_resumes(brokers: &str) {
     assert!(out.contains("batch of"), "{out}");
     assert!(out.contains("stopped after"), "{out}");
 
-    // Records produced while no worker runs are read by the next one.
+    // Records produced while no worker runs are read by the next one,
+    // which announces each version it commits.
+    let before = versions(d);
+    let events = new_topic(brokers, "events", 1);
     produce(brokers, &topic, &records(3000, 2000, 4));
-    let worker = start_stream(d, brokers, "w2", &["--output", "json"]);
+    let to = format!("kafka://{events}");
+    let worker = start_stream(
+        d,
+        brokers,
+        "w2",
+        &["--output", "json", "--events", &to, "-b", brokers],
+    );
     wait_for_rows(d, 5000, Duration::from_secs(60));
     stop(worker, d, "w2");
     assert_every_id_once(d, 5000);
+    let after = versions(d);
+    let got = events_on(brokers, &events, after - before);
+    assert!(schema_errors(&got).iter().all(Vec::is_empty), "{got:#?}");
+    let announced: Vec<u64> = got
+        .iter()
+        .map(|(_, e)| e["data"]["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(announced, (before as u64..after as u64).collect::<Vec<_>>());
+    let rows: u64 = got.iter().map(|(_, e)| e["data"]["rows"].as_u64().unwrap()).sum();
+    assert_eq!(rows, 2000);
 
     // The group sees the committed positions too, for lag monitors: 1250
     // records per partition.
@@ -189,6 +209,16 @@ fn stream_stops_cleanly_and_resumes(brokers: &str) {
         .next()
         .unwrap();
     assert_group_offsets(brokers, group, &topic, 4, 1250);
+}
+
+/// How many versions `out/seen` has.
+fn versions(dir: &Path) -> usize {
+    kiln(dir, &["versions", "out/seen", "--output", "json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 /// Wait until the worker's log (KILN_LOG=info) has a line with `text`.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::*;
+use crate::events::{assert_cloud_event, events_on, schema_errors};
 use crate::kafka::{Record, assert_group_offsets, broker, new_topic, produce};
 use crate::stream::{signal, stop, tansu};
 
@@ -338,7 +339,8 @@ fn a_trigger_sent_twice_commits_once_and_bad_triggers_are_acknowledged() {
         ],
     );
     t.send(d, "daily", Some("after"), "2026-11-29");
-    let w = t.start(d, "worker", &[], &[]);
+    let events = new_topic(&t.brokers, "events", 1);
+    let w = t.start(d, "worker", &["--events", &format!("kafka://{events}")], &[]);
     let all = wait_for_reports(d, &["worker"], 9, Duration::from_secs(120));
     stop(w, d, "worker");
 
@@ -374,6 +376,43 @@ fn a_trigger_sent_twice_commits_once_and_bad_triggers_are_acknowledged() {
     assert_group_offsets(&t.brokers, &t.group, &t.topic, 1, 9);
     let read = read_delta(&d.join("out/daily").display().to_string(), None, None, &[]);
     assert_eq!(read["rows"], 400, "two runs of 200 rows: {read}");
+
+    // Two versions, the first announced again when its trigger came again
+    // (the same event id: consumers de-duplicate), and six failures.
+    let got = events_on(&t.brokers, &events, 9);
+    let errors = schema_errors(&got);
+    assert!(errors.iter().all(Vec::is_empty), "{errors:?}\n{got:#?}");
+    let versions: Vec<&Value> = got
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e["type"] == "dev.kiln.featureset.version")
+        .collect();
+    let ids: Vec<(&str, &str)> = versions
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap(),
+                e["data"]["trigger_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "{versions:#?}");
+    assert!(ids[0].0.ends_with("/out/daily/@0") && ids[0] == ids[1], "{ids:?}");
+    assert!(
+        ids[2].0.ends_with("/out/daily/@1") && ids[2].1 == "after",
+        "{ids:?}"
+    );
+    let failures: Vec<&Value> = got
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e["type"] == "dev.kiln.run.failed")
+        .collect();
+    assert_eq!(failures.len(), 6, "{got:#?}");
+    for f in &failures {
+        assert_cloud_event(f, "dev.kiln.run.failed");
+        let offset = f["data"]["message"]["offset"].as_i64().unwrap();
+        assert!((2..=7).contains(&offset), "{f}");
+    }
 }
 
 #[test]

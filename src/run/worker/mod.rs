@@ -28,6 +28,8 @@ use super::retry::Retries;
 use super::{RunOptions, RunSummary, run_pipeline};
 use crate::engine::Resources;
 use crate::error::{Fault, KilnError, Result};
+use crate::events::{Events, FailureData, MessageAt, VersionData};
+use crate::featureset;
 use crate::kafka_client::ClientSettings;
 use crate::pipeline::{Pipeline, Variables};
 use crate::trigger::{BadTrigger, Trigger};
@@ -49,6 +51,8 @@ pub struct WorkerOptions {
     pub shutdown_timeout: Duration,
     /// What the whole worker may use; each run gets its share.
     pub resources: Resources,
+    /// Where versions and failed triggers are announced (`--events`).
+    pub events: Option<Events>,
 }
 
 /// How a trigger ended.
@@ -159,6 +163,7 @@ pub async fn run_worker(
         dir: options.pipelines.clone(),
         trigger: format!("kafka://{}", options.topic),
         resources: options.resources.shared_by(concurrency),
+        events: options.events.clone(),
     });
     tracing::info!(
         topic = %options.topic, brokers = %options.client.brokers(), pipelines = %options.pipelines.display(),
@@ -388,6 +393,9 @@ impl Ended<'_> {
     async fn finish(&mut self, delivery: &Delivery, report: TriggerReport) -> Result<()> {
         self.summary.count(&report);
         (self.on_trigger)(&report);
+        if let Some(events) = &self.options.events {
+            announce(events, &report).await;
+        }
         if let Some(next) = self.acks.ended(&delivery.tp, delivery.epoch, delivery.offset) {
             fail::fail_point!("worker-before-offset-commit", |_| {
                 tracing::error!("failpoint worker-before-offset-commit: exiting");
@@ -401,6 +409,55 @@ impl Ended<'_> {
         }
         self.member.run_ended(delivery);
         Ok(())
+    }
+}
+
+/// The events a trigger that ended owes: a failure, or (for one run
+/// before) its versions again, since the worker that committed them may
+/// have died before it announced them.
+async fn announce(events: &Events, report: &TriggerReport) {
+    match report.status {
+        TriggerStatus::Failed => {
+            events
+                .failed(FailureData {
+                    reason: report.reason.clone().unwrap_or_default(),
+                    pipeline: report.pipeline.clone(),
+                    run_id: None,
+                    trigger: format!("kafka://{}", report.topic),
+                    trigger_id: report.id.clone(),
+                    message: Some(MessageAt {
+                        topic: report.topic.clone(),
+                        partition: report.partition,
+                        offset: report.offset,
+                    }),
+                })
+                .await;
+        }
+        TriggerStatus::AlreadyRun => {
+            let (Some(run), Some(id)) = (&report.run, &report.id) else {
+                return;
+            };
+            for outcome in &run.feature_sets {
+                match featureset::trigger_commit(&outcome.location, id).await {
+                    Ok(Some((version, lineage))) => {
+                        events
+                            .version(VersionData::of_commit(
+                                &outcome.feature_set,
+                                &outcome.location,
+                                version,
+                                &lineage,
+                            ))
+                            .await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "looking up a trigger's commit to announce it again")
+                    }
+                }
+            }
+        }
+        // The run announced its own versions as it committed them.
+        TriggerStatus::Committed | TriggerStatus::NothingToCommit => {}
     }
 }
 
@@ -454,6 +511,7 @@ struct Runner {
     /// Recorded in the lineage as what started the run.
     trigger: String,
     resources: Resources,
+    events: Option<Events>,
 }
 
 /// Waits between tries of a trigger whose run failed on a broker or store.
@@ -494,6 +552,7 @@ impl Runner {
             progress: false,
             resources: self.resources.clone(),
             max_records: None,
+            events: self.events.clone(),
         };
         let mut retries = Retries::new(RETRY_MIN, RETRY_MAX, usize::MAX);
         loop {
