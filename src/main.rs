@@ -360,6 +360,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                 trigger: "demo".into(),
                 trigger_id: None,
                 events: None,
+                objects: None,
                 progress: true,
                 resources,
                 max_records: None,
@@ -386,6 +387,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                 resources,
                 max_records,
                 events: events.clone(),
+                objects: None,
             };
             let ran = match load(&file, set, pipeline) {
                 Ok(pipeline) => run::run_pipeline(&pipeline, &options).await,
@@ -436,6 +438,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                     resources,
                     max_records: None,
                     events: events.clone(),
+                    objects: None,
                 },
             };
             let on_batch = |s: &run::RunSummary| match output {

@@ -5,7 +5,8 @@ use std::fmt::Write;
 
 use crate::featureset::{VersionDetail, VersionInfo};
 use crate::run::{
-    CheckReport, InsertPlan, RunSummary, StreamSummary, TriggerReport, TriggerStatus, WorkerSummary,
+    CheckReport, InsertPlan, RunSummary, SinkOutcome, StreamSummary, TriggerReport, TriggerStatus,
+    WorkerSummary,
 };
 
 pub fn run_summary(s: &RunSummary) -> String {
@@ -58,18 +59,10 @@ pub fn run_summary(s: &RunSummary) -> String {
 /// One line per committed micro-batch of `kiln stream`.
 pub fn batch_line(s: &RunSummary) -> String {
     let (records, bad) = s.kafka.as_ref().map_or((0, 0), |k| (k.records, k.bad_records));
-    let versions: Vec<String> = s
-        .feature_sets
-        .iter()
-        .map(|o| match o.version {
-            Some(v) => format!("{} v{v} (+{} rows)", o.feature_set, o.rows),
-            None => format!("{} unchanged", o.feature_set),
-        })
-        .collect();
     format!(
         "{}: batch of {records} records ({bad} bad) -> {} in {:.2}s\n",
         s.pipeline,
-        versions.join(", "),
+        versions_text(&s.feature_sets),
         s.elapsed_ms as f64 / 1000.0
     )
 }
@@ -90,32 +83,47 @@ pub fn stream_summary(s: &StreamSummary) -> String {
     )
 }
 
-/// One line per trigger a worker finished with.
+/// One line per message a worker finished with.
 pub fn trigger_line(r: &TriggerReport) -> String {
-    let id = r.id.as_deref().unwrap_or("-");
-    let pipeline = r.pipeline.as_deref().unwrap_or("-");
-    let what = match (&r.status, &r.run, &r.reason) {
-        (TriggerStatus::Failed, _, Some(reason)) => format!("failed: {reason}"),
-        (TriggerStatus::AlreadyRun, _, _) => "already run; acknowledged".to_string(),
-        (_, Some(run), _) => {
-            let versions: Vec<String> = run
-                .feature_sets
+    let what = match (&r.status, &r.reason) {
+        (TriggerStatus::Failed, Some(reason)) => format!("failed: {reason}"),
+        (TriggerStatus::AlreadyRun, _) => "already run; acknowledged".to_string(),
+        (TriggerStatus::Skipped, _) => format!("no pipeline covers {}", r.uncovered.join(", ")),
+        _ => {
+            let versions: Vec<String> = r
+                .run
                 .iter()
-                .map(|o| match o.version {
-                    Some(v) => format!("{} v{v} ({} rows)", o.feature_set, o.rows),
-                    None => format!("{} unchanged", o.feature_set),
-                })
+                .chain(&r.runs)
+                .map(|run| versions_text(&run.feature_sets))
                 .collect();
             format!("-> {}", versions.join(", "))
         }
-        _ => format!("{:?}", r.status),
+    };
+    let what_message = match (&r.id, &r.pipeline) {
+        (Some(id), Some(p)) => format!("trigger {id} ({p}"),
+        (Some(id), None) => format!("trigger {id} ("),
+        _ if !r.objects.is_empty() => format!("{} created objects (", r.objects.len()),
+        _ => "message (".to_string(),
     };
     format!(
-        "trigger {id} ({pipeline}, partition {} offset {}): {what} in {:.2}s\n",
+        "{what_message}{}partition {} offset {}): {what} in {:.2}s\n",
+        if what_message.ends_with('(') { "" } else { ", " },
         r.partition,
         r.offset,
         r.elapsed_ms as f64 / 1000.0
     )
+}
+
+/// `fs v3 (+120 rows), other unchanged`.
+fn versions_text(outcomes: &[SinkOutcome]) -> String {
+    outcomes
+        .iter()
+        .map(|o| match o.version {
+            Some(v) => format!("{} v{v} (+{} rows)", o.feature_set, o.rows),
+            None => format!("{} unchanged", o.feature_set),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn worker_summary(s: &WorkerSummary) -> String {

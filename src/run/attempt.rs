@@ -33,9 +33,15 @@ impl Attempt<'_> {
         let has_incremental = pipeline.sources().any(|(_, d)| d.options.incremental);
         let listed = if has_incremental {
             let ctx = session(self.options)?;
-            engine::list_incremental_files(&ctx, pipeline)
+            let listed = engine::list_incremental_files(&ctx, pipeline)
                 .await
-                .map_err(KilnError::Problems)?
+                .map_err(KilnError::Problems)?;
+            match &self.options.objects {
+                // Named objects that are there; any other file waits for
+                // its own notification or a plain run.
+                Some(only) => listed.intersection(only).cloned().collect(),
+                None => listed,
+            }
         } else {
             BTreeSet::new()
         };

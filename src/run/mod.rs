@@ -15,7 +15,7 @@ pub(crate) mod kafka;
 mod pass;
 mod poison;
 mod progress;
-mod retry;
+pub(crate) mod retry;
 mod stream;
 mod worker;
 
@@ -57,6 +57,9 @@ pub struct RunOptions {
     pub max_records: Option<u64>,
     /// Where each new version is announced (`--events`).
     pub events: Option<Events>,
+    /// Read only these files (URLs) of the incremental sources, when given:
+    /// the objects an S3 notification named.
+    pub objects: Option<std::collections::BTreeSet<String>>,
 }
 
 /// What happened to one feature set in a run.

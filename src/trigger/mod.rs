@@ -1,10 +1,12 @@
 //! Trigger messages: what `kiln worker` consumes and `kiln trigger` sends.
 //!
-//! A trigger is a JSON object `{"id": ..., "pipeline": ..., "set": {...}}`,
-//! checked against the JSON Schema published in `schemas/trigger.schema.json`
-//! (compiled into kiln, so the file and the check never disagree). Its key
-//! on the topic is the pipeline's name: every trigger of one pipeline lands
-//! in one partition, which one worker of the group owns at a time.
+//! A message is a trigger, a JSON object `{"id": ..., "pipeline": ...,
+//! "set": {...}}`, or an S3 event notification (`{"Records": [...]}`) that
+//! names created objects. Every message is checked against the JSON Schema
+//! published in `schemas/trigger.schema.json` (compiled into kiln, so the
+//! file and the check never disagree). A trigger's key on the topic is its
+//! pipeline's name: every trigger of one pipeline lands in one partition,
+//! which one worker of the group owns at a time.
 
 mod send;
 
@@ -35,6 +37,15 @@ pub struct Trigger {
     pub set: BTreeMap<String, String>,
 }
 
+/// What one message asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Run(Trigger),
+    /// Objects created in a bucket (an S3 event notification): their
+    /// `s3://bucket/key` URLs, in the order given, once each.
+    Created(Vec<String>),
+}
+
 /// A message that is not a trigger, with what could be read of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadTrigger {
@@ -43,7 +54,7 @@ pub struct BadTrigger {
     pub reason: String,
 }
 
-impl Trigger {
+impl Message {
     /// Read and check one message's value. The reason given for a bad one
     /// never quotes its values (a variable may hold a secret).
     pub fn parse(payload: Option<&[u8]>) -> Result<Self, BadTrigger> {
@@ -80,10 +91,78 @@ impl Trigger {
             }
             return Err(bad(reason, Some(&value)));
         }
+        if value.get("Records").is_some() {
+            let notification: Notification = serde_json::from_value(value.clone()).map_err(|e| {
+                bad(
+                    format!("does not match the notification schema: {e}"),
+                    Some(&value),
+                )
+            })?;
+            return Ok(Message::Created(notification.created()));
+        }
         serde_json::from_value(value.clone())
+            .map(Message::Run)
             .map_err(|e| bad(format!("does not match the trigger schema: {e}"), Some(&value)))
     }
+}
 
+/// The parts of an S3 event notification kiln reads.
+#[derive(Debug, Deserialize)]
+struct Notification {
+    #[serde(rename = "Records")]
+    records: Vec<Record>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Record {
+    #[serde(rename = "eventName")]
+    event_name: String,
+    s3: S3Entity,
+}
+
+#[derive(Debug, Deserialize)]
+struct S3Entity {
+    bucket: Named,
+    object: Key,
+}
+
+#[derive(Debug, Deserialize)]
+struct Named {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Key {
+    key: String,
+}
+
+impl Notification {
+    /// The URLs of the objects its ObjectCreated records name.
+    fn created(&self) -> Vec<String> {
+        let mut urls: Vec<String> = Vec::new();
+        for r in &self.records {
+            // `ObjectCreated:Put` from S3, `s3:ObjectCreated:Put` from MinIO.
+            if !r.event_name.contains("ObjectCreated") {
+                continue;
+            }
+            let url = format!("s3://{}/{}", r.s3.bucket.name, object_key(&r.s3.object.key));
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+        urls
+    }
+}
+
+/// An object key as S3 notifications spell it: form-encoded (`+` for a
+/// space, `%XX` for the rest).
+fn object_key(encoded: &str) -> String {
+    percent_encoding::percent_decode_str(&encoded.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+impl Trigger {
     /// A new trigger with a generated id.
     pub fn new(pipeline: &str, set: BTreeMap<String, String>, id: Option<String>) -> Self {
         Self {
@@ -97,7 +176,7 @@ impl Trigger {
     /// check the worker makes), as a reason when it does not.
     pub fn check(&self) -> Result<(), String> {
         let bytes = serde_json::to_vec(self).expect("a trigger serializes");
-        Self::parse(Some(&bytes)).map(|_| ()).map_err(|b| b.reason)
+        Message::parse(Some(&bytes)).map(|_| ()).map_err(|b| b.reason)
     }
 }
 
@@ -117,7 +196,10 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Trigger, BadTrigger> {
-        Trigger::parse(Some(text.as_bytes()))
+        match Message::parse(Some(text.as_bytes()))? {
+            Message::Run(t) => Ok(t),
+            other => panic!("not a trigger: {other:?}"),
+        }
     }
 
     #[test]
@@ -150,7 +232,7 @@ mod tests {
         let typo = parse(r#"{"id": "t", "pipeline": "p", "sets": {}}"#).unwrap_err();
         assert!(typo.reason.contains("sets"), "{}", typo.reason);
 
-        let text = Trigger::parse(Some(b"run user_daily please")).unwrap_err();
+        let text = Message::parse(Some(b"run user_daily please")).unwrap_err();
         assert!(
             text.reason.starts_with("not JSON: syntax error at line 1"),
             "{}",
@@ -158,10 +240,36 @@ mod tests {
         );
         assert!(!text.reason.contains("please"), "{}", text.reason);
         assert_eq!(
-            Trigger::parse(None).unwrap_err().reason,
+            Message::parse(None).unwrap_err().reason,
             "the message has no value"
         );
         assert!(parse(r#"["id", "p"]"#).unwrap_err().reason.contains("schema"));
+    }
+
+    #[test]
+    fn a_notification_names_the_created_objects_once_each() {
+        let text = r#"{"EventName": "s3:ObjectCreated:Put", "Key": "landing/a b.csv", "Records": [
+            {"eventVersion": "2.1", "eventName": "ObjectCreated:Put",
+             "s3": {"bucket": {"name": "landing"}, "object": {"key": "day%3D1/a+b.csv", "size": 12}}},
+            {"eventName": "s3:ObjectCreated:CompleteMultipartUpload",
+             "s3": {"bucket": {"name": "landing"}, "object": {"key": "day%3D1/c.csv"}}},
+            {"eventName": "ObjectRemoved:Delete",
+             "s3": {"bucket": {"name": "landing"}, "object": {"key": "old.csv"}}},
+            {"eventName": "ObjectCreated:Put",
+             "s3": {"bucket": {"name": "landing"}, "object": {"key": "day%3D1/a+b.csv"}}}]}"#;
+        assert_eq!(
+            Message::parse(Some(text.as_bytes())).unwrap(),
+            Message::Created(vec![
+                "s3://landing/day=1/a b.csv".to_string(),
+                "s3://landing/day=1/c.csv".to_string()
+            ])
+        );
+        let no_key = Message::parse(Some(br#"{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {}}}]}"#)).unwrap_err();
+        assert!(
+            no_key.reason.contains("/Records/0/s3/object"),
+            "{}",
+            no_key.reason
+        );
     }
 
     #[test]

@@ -3,13 +3,13 @@
 
 use crate::common::*;
 
-fn endpoint() -> String {
+pub fn endpoint() -> String {
     std::env::var("KILN_TEST_S3_ENDPOINT").expect(
         "KILN_TEST_S3_ENDPOINT is not set: run the suite with scripts/test.sh, which starts the S3 server",
     )
 }
 
-fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
+pub fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ENDPOINT_URL", endpoint.to_string()),
         ("AWS_ALLOW_HTTP", "true".to_string()),
@@ -20,7 +20,7 @@ fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
 }
 
 /// Create `bucket` and upload `objects` (key, bytes file path) with boto3.
-fn create_bucket_with(endpoint: &str, bucket: &str, objects: &[(&str, &std::path::Path)]) {
+pub fn create_bucket_with(endpoint: &str, bucket: &str, objects: &[(&str, &std::path::Path)]) {
     const SCRIPT: &str = r#"
 import json, sys, boto3
 s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",

@@ -500,3 +500,103 @@ fn a_crash_between_the_delta_commit_and_the_offset_commit_does_not_run_again() {
     );
     assert_group_offsets(&t.brokers, &t.group, &t.topic, 1, 1);
 }
+
+/// An S3 event notification of objects created in `bucket`, as S3 sends it.
+fn notification(bucket: &str, keys: &[&str]) -> Vec<u8> {
+    let records: Vec<Value> = keys
+        .iter()
+        .map(|key| {
+            serde_json::json!({
+                "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 40}}
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "Records": records })).unwrap()
+}
+
+#[test]
+fn s3_notifications_run_the_covering_pipelines_over_exactly_the_named_objects() {
+    let endpoint = crate::s3::endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bucket = format!("kiln-notify-{}", uuid::Uuid::new_v4().simple());
+    let csv = |name: &str, first: i64| {
+        let path = d.join(name);
+        let rows: String = (first..first + 10)
+            .map(|id| format!("{id},{},{id}.5\n", id % 3))
+            .collect();
+        std::fs::write(&path, format!("id,user_id,value\n{rows}")).unwrap();
+        path
+    };
+    let (a, b, c, x) = (
+        csv("a.csv", 0),
+        csv("b.csv", 100),
+        csv("c.csv", 200),
+        csv("x.csv", 300),
+    );
+    crate::s3::create_bucket_with(
+        &endpoint,
+        &bucket,
+        &[
+            ("landing/day=1/a.csv", &a),
+            ("landing/day=1/b.csv", &b),
+            ("landing/day=2/c d.csv", &c),
+            ("elsewhere/x.csv", &x),
+        ],
+    );
+    write(
+        &d.join("pipelines/landed.sql"),
+        "CREATE EXTERNAL TABLE landed (id BIGINT NOT NULL, user_id BIGINT NOT NULL, value DOUBLE)\n\
+         STORED AS CSV LOCATION 's3://${BUCKET}/landing/' OPTIONS ('has_header' 'true', 'incremental' 'true');\n\
+         CREATE EXTERNAL TABLE fs STORED AS FEATURES LOCATION 'out/landed' OPTIONS ('key' 'id', 'mode' 'append');\n\
+         INSERT INTO fs SELECT id, user_id, value FROM landed;\n",
+    );
+    // A pipeline that needs a trigger's variable is not one notifications run.
+    write(&d.join("pipelines/daily.sql"), &daily("daily"));
+    let t = Triggers::new(&broker(), 1);
+    let first = notification(&bucket, &["landing/day%3D1/a.csv"]);
+    let second = notification(&bucket, &["landing/day%3D2/c+d.csv", "elsewhere/x.csv"]);
+    let message = |value: &[u8]| -> Record { (0, Some(b"landing".to_vec()), Some(value.to_vec())) };
+    produce(
+        &t.brokers,
+        &t.topic,
+        &[message(&first), message(&first), message(&second)],
+    );
+    let mut env: Vec<(&str, String)> = crate::s3::s3_env(&endpoint);
+    env.push(("BUCKET", bucket.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let w = t.start(d, "worker", &[], &env);
+    let all = wait_for_reports(d, &["worker"], 3, Duration::from_secs(120));
+    stop(w, d, "worker");
+
+    let statuses: Vec<&str> = all.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        ["committed", "nothing_to_commit", "committed"],
+        "{all:#?}"
+    );
+    let a_url = format!("s3://{bucket}/landing/day=1/a.csv");
+    let c_url = format!("s3://{bucket}/landing/day=2/c d.csv");
+    assert_eq!(all[0]["objects"], serde_json::json!([a_url]));
+    assert_eq!(
+        all[2]["uncovered"],
+        serde_json::json!([format!("s3://{bucket}/elsewhere/x.csv")])
+    );
+    assert_eq!(all[2]["runs"][0]["pipeline"], "landed");
+    // Exactly the named objects, each once: b.csv was never notified.
+    let read = read_delta(&d.join("out/landed").display().to_string(), None, None, &[]);
+    assert_eq!(
+        (read["version"].as_u64(), read["rows"].as_u64()),
+        (Some(1), Some(20)),
+        "{read}"
+    );
+    let inputs: Vec<&str> = read["commit"]["kiln"]["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(inputs, [c_url.as_str()]);
+    assert!(!has_delta_log(&d.join("out/daily")));
+}

@@ -208,6 +208,10 @@ impl Member {
             ("client.id", "kiln-worker"),
             // A new group runs the triggers sent before it first started.
             ("auto.offset.reset", "earliest"),
+            // Triggers are few and waited for: a fetch with nothing to
+            // return comes back at once rather than after librdkafka's
+            // default half second.
+            ("fetch.wait.max.ms", "100"),
         ] {
             if settings.get(key).is_none() {
                 config.set(key, default);

@@ -15,26 +15,25 @@
 
 mod acks;
 mod consumer;
+mod jobs;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::retry::Retries;
-use super::{RunOptions, RunSummary, run_pipeline};
+use super::RunSummary;
 use crate::engine::Resources;
-use crate::error::{Fault, KilnError, Result};
+use crate::error::{KilnError, Result};
 use crate::events::{Events, FailureData, MessageAt, VersionData};
 use crate::featureset;
 use crate::kafka_client::ClientSettings;
-use crate::pipeline::{Pipeline, Variables};
-use crate::trigger::{BadTrigger, Trigger};
 use acks::Acks;
 use consumer::{Delivery, Member};
+use jobs::{Job, JobEnd, Runner, Started, accept, pipeline_names, report_of};
 
 /// What a worker reads and how it runs.
 #[derive(Debug, Clone)]
@@ -68,6 +67,8 @@ pub enum TriggerStatus {
     /// Not a trigger, an unknown pipeline, a missing variable, or a run
     /// that failed: acknowledged, not run again.
     Failed,
+    /// A notification of objects no pipeline's incremental source covers.
+    Skipped,
 }
 
 /// One trigger the worker finished with.
@@ -81,8 +82,17 @@ pub struct TriggerReport {
     pub status: TriggerStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A trigger's run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<RunSummary>,
+    /// An S3 notification's created objects, those no pipeline covers, and
+    /// a run per pipeline that covers some.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub uncovered: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunSummary>,
     /// When the worker started and finished with it (RFC 3339, UTC).
     pub started_at: String,
     pub ended_at: String,
@@ -108,7 +118,7 @@ impl WorkerSummary {
         match report.status {
             TriggerStatus::Committed => self.committed += 1,
             TriggerStatus::AlreadyRun => self.already_run += 1,
-            TriggerStatus::NothingToCommit => {}
+            TriggerStatus::NothingToCommit | TriggerStatus::Skipped => {}
             TriggerStatus::Failed => self.failed += 1,
         }
     }
@@ -119,31 +129,11 @@ pub fn default_group(topic: &str) -> String {
     format!("kiln-worker.{topic}")
 }
 
-/// A trigger the loop has started.
+/// A job the loop has started.
 struct InFlight {
     delivery: Delivery,
-    trigger: Trigger,
+    job: Job,
     started: Started,
-}
-
-/// When something began, by the clock (for reports) and monotonically.
-#[derive(Debug, Clone, Copy)]
-struct Started {
-    at: chrono::DateTime<chrono::Utc>,
-    instant: Instant,
-}
-
-impl Started {
-    fn now() -> Self {
-        Self {
-            at: chrono::Utc::now(),
-            instant: Instant::now(),
-        }
-    }
-}
-
-fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Run triggers from `options.topic` until SIGTERM or SIGINT; `on_trigger`
@@ -182,9 +172,9 @@ pub async fn run_worker(
         ..WorkerSummary::default()
     };
     let mut acks = Acks::default();
-    let mut queue: VecDeque<(Delivery, Trigger)> = VecDeque::new();
+    let mut queue: VecDeque<(Delivery, Job)> = VecDeque::new();
     let mut busy: BTreeSet<String> = BTreeSet::new();
-    let mut runs: JoinSet<TriggerEnd> = JoinSet::new();
+    let mut runs: JoinSet<JobEnd> = JoinSet::new();
     let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
     let mut shutdown = std::pin::pin!(super::stream::shutdown_signal());
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -205,15 +195,23 @@ pub async fn run_worker(
                     continue;
                 }
                 ended.acks.delivered(&delivery.tp, delivery.epoch, delivery.offset);
-                match accept(&delivery) {
-                    Ok(trigger) => queue.push_back((delivery, trigger)),
+                match accept(&delivery, &options.pipelines) {
+                    Ok(job) if job.pipelines.is_empty() => {
+                        // Objects no pipeline covers: nothing to run.
+                        member.took();
+                        let report = JobEnd { runs: Vec::new(), failed: None }.report(&delivery, &job, Started::now());
+                        ended.finish(&delivery, report).await?;
+                    }
+                    Ok(job) => queue.push_back((delivery, job)),
                     Err(bad) => {
                         member.took();
                         tracing::warn!(
                             topic = %delivery.tp.topic, partition = delivery.tp.partition, offset = delivery.offset,
                             id = bad.id.as_deref().unwrap_or("-"), reason = %bad.reason, "bad trigger; acknowledged without running"
                         );
-                        let report = failed_report(&delivery, bad.id, bad.pipeline, bad.reason, Started::now());
+                        let mut report = report_of(&delivery, Started::now(), TriggerStatus::Failed, Some(bad.reason));
+                        report.id = bad.id;
+                        report.pipeline = bad.pipeline;
                         ended.finish(&delivery, report).await?;
                     }
                 }
@@ -224,14 +222,16 @@ pub async fn run_worker(
                     Err(e) => (e.id(), None),
                 };
                 let flight = in_flight.remove(&id).expect("every run is in flight");
-                busy.remove(&flight.trigger.pipeline);
+                for p in &flight.job.pipelines {
+                    busy.remove(p);
+                }
                 match end {
                     Some(end) => {
-                        let report = end.report(&flight);
+                        let report = end.report(&flight.delivery, &flight.job, flight.started);
                         ended.finish(&flight.delivery, report).await?;
                     }
                     None => {
-                        tracing::warn!(id = %flight.trigger.id, pipeline = %flight.trigger.pipeline, "trigger run abandoned uncommitted; the partition's next owner runs it");
+                        tracing::warn!(job = %flight.job.describe(), "run abandoned uncommitted; the partition's next owner runs it");
                         member.run_ended(&flight.delivery);
                     }
                 }
@@ -241,15 +241,18 @@ pub async fn run_worker(
         // Start what may start: the oldest waiting trigger of each pipeline
         // not running now.
         while runs.len() < concurrency {
-            let Some(i) = queue.iter().position(|(_, t)| !busy.contains(&t.pipeline)) else {
+            let Some(i) = queue
+                .iter()
+                .position(|(_, job)| job.pipelines.iter().all(|p| !busy.contains(p)))
+            else {
                 break;
             };
-            let (delivery, trigger) = queue.remove(i).expect("position is in the queue");
+            let (delivery, job) = queue.remove(i).expect("position is in the queue");
             member.took();
             let task = {
                 let runner = Arc::clone(&runner);
-                let trigger = trigger.clone();
-                async move { runner.run(&trigger).await }
+                let job = job.clone();
+                async move { runner.run(&job).await }
             };
             let started = member.start_run(&delivery, || {
                 let handle = runs.spawn(task);
@@ -257,15 +260,15 @@ pub async fn run_worker(
                     handle.id(),
                     InFlight {
                         delivery: delivery.clone(),
-                        trigger: trigger.clone(),
+                        job: job.clone(),
                         started: Started::now(),
                     },
                 );
                 handle
             });
             if started {
-                tracing::info!(id = %trigger.id, pipeline = %trigger.pipeline, partition = delivery.tp.partition, offset = delivery.offset, "running trigger");
-                busy.insert(trigger.pipeline.clone());
+                tracing::info!(job = %job.describe(), id = job.id().unwrap_or("-"), partition = delivery.tp.partition, offset = delivery.offset, "running");
+                busy.extend(job.pipelines.iter().cloned());
             }
         }
     }
@@ -301,7 +304,7 @@ pub async fn run_worker(
         match joined {
             Ok((id, end)) => {
                 let flight = in_flight.remove(&id).expect("every run is in flight");
-                let report = end.report(&flight);
+                let report = end.report(&flight.delivery, &flight.job, flight.started);
                 ended.finish(&flight.delivery, report).await?;
             }
             Err(e) => {
@@ -338,44 +341,6 @@ fn drain_timeout(options: &WorkerOptions) -> Duration {
         );
     }
     drain
-}
-
-/// The trigger in `delivery`, or why it is none. Its key must be its
-/// pipeline: that is what keeps two runs of one pipeline apart.
-fn accept(delivery: &Delivery) -> std::result::Result<Trigger, BadTrigger> {
-    let trigger = Trigger::parse(delivery.payload.as_deref())?;
-    if delivery.key.as_deref() != Some(trigger.pipeline.as_bytes()) {
-        return Err(BadTrigger {
-            id: Some(trigger.id),
-            pipeline: Some(trigger.pipeline),
-            reason: "the message key is not the pipeline's name: a trigger is sent with its pipeline as \
-                     the key (as `kiln trigger` does), so that one worker at a time runs a pipeline"
-                .into(),
-        });
-    }
-    Ok(trigger)
-}
-
-fn failed_report(
-    delivery: &Delivery,
-    id: Option<String>,
-    pipeline: Option<String>,
-    reason: String,
-    started: Started,
-) -> TriggerReport {
-    TriggerReport {
-        id,
-        pipeline,
-        topic: delivery.tp.topic.clone(),
-        partition: delivery.tp.partition,
-        offset: delivery.offset,
-        status: TriggerStatus::Failed,
-        reason: Some(reason),
-        run: None,
-        started_at: rfc3339(started.at),
-        ended_at: rfc3339(chrono::Utc::now()),
-        elapsed_ms: started.instant.elapsed().as_millis(),
-    }
 }
 
 /// Acknowledging what ended.
@@ -457,137 +422,6 @@ async fn announce(events: &Events, report: &TriggerReport) {
             }
         }
         // The run announced its own versions as it committed them.
-        TriggerStatus::Committed | TriggerStatus::NothingToCommit => {}
+        TriggerStatus::Committed | TriggerStatus::NothingToCommit | TriggerStatus::Skipped => {}
     }
-}
-
-/// How a run of one trigger ended.
-enum TriggerEnd {
-    Ran(RunSummary),
-    Failed(String),
-}
-
-impl TriggerEnd {
-    fn report(self, flight: &InFlight) -> TriggerReport {
-        let (status, reason, run) = match self {
-            TriggerEnd::Ran(summary) => {
-                let status = if summary.committed() > 0 {
-                    TriggerStatus::Committed
-                } else if summary
-                    .feature_sets
-                    .iter()
-                    .all(|o| o.skipped.as_deref() == Some(super::ALREADY_COMMITTED))
-                {
-                    TriggerStatus::AlreadyRun
-                } else {
-                    TriggerStatus::NothingToCommit
-                };
-                (status, None, Some(summary))
-            }
-            TriggerEnd::Failed(reason) => {
-                tracing::warn!(id = %flight.trigger.id, pipeline = %flight.trigger.pipeline, reason = %reason, "trigger failed; acknowledged without running again");
-                (TriggerStatus::Failed, Some(reason), None)
-            }
-        };
-        TriggerReport {
-            id: Some(flight.trigger.id.clone()),
-            pipeline: Some(flight.trigger.pipeline.clone()),
-            topic: flight.delivery.tp.topic.clone(),
-            partition: flight.delivery.tp.partition,
-            offset: flight.delivery.offset,
-            status,
-            reason,
-            run,
-            started_at: rfc3339(flight.started.at),
-            ended_at: rfc3339(chrono::Utc::now()),
-            elapsed_ms: flight.started.instant.elapsed().as_millis(),
-        }
-    }
-}
-
-/// What every run of the worker shares.
-struct Runner {
-    dir: PathBuf,
-    /// Recorded in the lineage as what started the run.
-    trigger: String,
-    resources: Resources,
-    events: Option<Events>,
-}
-
-/// Waits between tries of a trigger whose run failed on a broker or store.
-const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(60);
-
-impl Runner {
-    /// Run `trigger`'s pipeline; a broker or store failure is tried again
-    /// (with backoff, for as long as the worker holds the trigger), any
-    /// other failure ends the trigger.
-    async fn run(&self, trigger: &Trigger) -> TriggerEnd {
-        let path = self.dir.join(format!("{}.sql", trigger.pipeline));
-        if !path.is_file() {
-            return TriggerEnd::Failed(format!(
-                "unknown pipeline '{}': there is no {} in {} (found: {})",
-                trigger.pipeline,
-                path.file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                self.dir.display(),
-                pipeline_names(&self.dir).join(", ")
-            ));
-        }
-        let pipeline = match Pipeline::load(&path, &Variables::from_env(trigger.set.clone())) {
-            Ok(p) => p,
-            Err(problems) => {
-                return TriggerEnd::Failed(
-                    problems
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                );
-            }
-        };
-        let options = RunOptions {
-            trigger: self.trigger.clone(),
-            trigger_id: Some(trigger.id.clone()),
-            progress: false,
-            resources: self.resources.clone(),
-            max_records: None,
-            events: self.events.clone(),
-        };
-        let mut retries = Retries::new(RETRY_MIN, RETRY_MAX, usize::MAX);
-        loop {
-            match run_pipeline(&pipeline, &options).await {
-                Ok(summary) => return TriggerEnd::Ran(summary),
-                Err(e) if matches!(e.fault(), Fault::External | Fault::Conflict) => {
-                    let wait = retries.next_wait().unwrap_or(RETRY_MAX);
-                    tracing::warn!(
-                        id = %trigger.id, pipeline = %trigger.pipeline, error = %e, wait_ms = wait.as_millis() as u64,
-                        "the trigger's run failed on a broker or store; trying it again"
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return TriggerEnd::Failed(one_line(&e.to_string())),
-            }
-        }
-    }
-}
-
-/// The pipelines in `dir`: its `*.sql` files' names.
-fn pipeline_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let path = e.path();
-            (path.extension()? == "sql" && path.is_file())
-                .then(|| path.file_stem()?.to_str().map(str::to_string))?
-        })
-        .collect();
-    names.sort();
-    names
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
