@@ -20,8 +20,11 @@ pub struct Sent {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-    /// The message's timestamp (ms since the epoch), as the broker keeps it.
+    /// The message's timestamp (ms since the epoch): when it was handed to
+    /// the producer.
     pub timestamp_ms: Option<i64>,
+    /// When the broker acknowledged it (ms since the epoch, this clock).
+    pub acked_ms: i64,
 }
 
 /// Send `trigger` to `topic`, keyed by its pipeline, and wait until the
@@ -31,8 +34,16 @@ pub async fn send(settings: &ClientSettings, topic: &str, trigger: &Trigger) -> 
         .check()
         .map_err(|reason| KilnError::Usage(format!("the trigger {reason}")))?;
     let mut config = settings.config();
-    // A retried send is never written twice.
-    config.set("enable.idempotence", "true");
+    // A one-shot producer with idempotence waits half a second for its
+    // producer id before the first send; a trigger written twice by a retry
+    // runs once anyway (its id), so the wait buys nothing.
+    if settings.get("enable.idempotence").is_none() {
+        config.set("enable.idempotence", "false");
+    }
+    // One message: nothing to batch it with.
+    if settings.get("linger.ms").is_none() {
+        config.set("linger.ms", "0");
+    }
     if settings.get("message.timeout.ms").is_none() {
         config.set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string());
     }
@@ -62,5 +73,6 @@ pub async fn send(settings: &ClientSettings, topic: &str, trigger: &Trigger) -> 
         partition: delivered.partition,
         offset: delivered.offset,
         timestamp_ms: delivered.timestamp.to_millis(),
+        acked_ms: chrono::Utc::now().timestamp_millis(),
     })
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
@@ -26,7 +26,7 @@ use tokio::task::AbortHandle;
 
 use crate::error::{KilnError, Result};
 use crate::kafka_client::ClientSettings;
-use crate::source::kafka::TopicPartition;
+use crate::source::kafka::{TopicPartition, rebalance};
 
 /// One message from the trigger topic.
 #[derive(Debug, Clone)]
@@ -75,15 +75,8 @@ impl ClientContext for MemberContext {}
 
 impl ConsumerContext for MemberContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let partitions: Vec<TopicPartition> = tpl
-            .elements()
-            .iter()
-            .map(|e| TopicPartition {
-                topic: e.topic().to_string(),
-                partition: e.partition(),
-            })
-            .collect();
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let partitions = rebalance::partitions_of(tpl);
+        let cooperative = rebalance::is_cooperative(consumer);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 {
@@ -94,12 +87,7 @@ impl ConsumerContext for MemberContext {
                     }
                 }
                 tracing::info!(partitions = ?partitions, "trigger partitions assigned");
-                let assigned = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(e) = assigned {
+                if let Err(e) = rebalance::take(consumer, tpl) {
                     tracing::error!(error = %e, "assigning trigger partitions");
                 }
                 if self.shared.paused.load(Ordering::SeqCst) {
@@ -109,12 +97,7 @@ impl ConsumerContext for MemberContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.shared.let_go(&partitions);
                 tracing::info!(partitions = ?partitions, "trigger partitions revoked");
-                let unassigned = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(e) = unassigned {
+                if let Err(e) = rebalance::give_up(consumer, tpl) {
                     tracing::error!(error = %e, "unassigning trigger partitions");
                 }
             }

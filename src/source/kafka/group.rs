@@ -27,6 +27,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use super::buffer::{Buffer, BufferLimits, ChunkToDecode, TakenBatch, decode_chunk};
 use super::decode::RecordDecoder;
 use super::positions::TopicPartition;
+use super::rebalance;
 use crate::error::{KilnError, Result};
 
 /// Where the member starts reading the partitions it is given: the next
@@ -64,14 +65,7 @@ impl ClientContext for MemberContext {}
 
 impl ConsumerContext for MemberContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let partitions: Vec<TopicPartition> = tpl
-            .elements()
-            .iter()
-            .map(|e| TopicPartition {
-                topic: e.topic().to_string(),
-                partition: e.partition(),
-            })
-            .collect();
+        let partitions = rebalance::partitions_of(tpl);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let positions = match (self.positions)(&partitions) {
@@ -99,11 +93,7 @@ impl ConsumerContext for MemberContext {
                 }
                 drop(buffer);
                 tracing::info!(partitions = ?partitions, positions = ?positions, "partitions assigned");
-                let assigned = match consumer.rebalance_protocol() {
-                    rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
-                    _ => consumer.assign(tpl),
-                };
-                if let Err(e) = assigned {
+                if let Err(e) = rebalance::take(consumer, tpl) {
                     tracing::error!(error = %e, "assigning partitions");
                 }
             }
@@ -115,20 +105,13 @@ impl ConsumerContext for MemberContext {
                     .expect("buffer lock")
                     .revoke(&partitions);
                 tracing::info!(partitions = ?partitions, "partitions revoked");
-                let unassigned = match consumer.rebalance_protocol() {
-                    rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
-                    _ => consumer.unassign(),
-                };
-                if let Err(e) = unassigned {
+                if let Err(e) = rebalance::give_up(consumer, tpl) {
                     tracing::error!(error = %e, "unassigning partitions");
                 }
             }
             other => {
                 tracing::warn!(error = ?other, "rebalance error");
-                if !matches!(
-                    consumer.rebalance_protocol(),
-                    rdkafka::consumer::RebalanceProtocol::Cooperative
-                ) {
+                if !rebalance::is_cooperative(consumer) {
                     let _ = consumer.unassign();
                 }
             }

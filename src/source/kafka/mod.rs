@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod group;
 pub mod positions;
 pub mod read;
+pub mod rebalance;
 pub mod records;
 
 use std::sync::Arc;
