@@ -276,6 +276,14 @@ async fn announce_failure(
     }
 }
 
+/// The feature sets a pipeline writes: (name, location).
+fn feature_sets(pipeline: &Pipeline) -> Vec<(String, String)> {
+    pipeline
+        .feature_sets()
+        .map(|(_, d)| (d.name.clone(), d.location.clone()))
+        .collect()
+}
+
 /// The name a pipeline file runs under.
 fn pipeline_name(file: &std::path::Path, name: &Option<String>) -> String {
     name.clone().unwrap_or_else(|| {
@@ -390,7 +398,12 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                 objects: None,
             };
             let ran = match load(&file, set, pipeline) {
-                Ok(pipeline) => run::run_pipeline(&pipeline, &options).await,
+                Ok(pipeline) => {
+                    if let Some(events) = &events {
+                        events.catch_up(&pipeline.name, &feature_sets(&pipeline)).await;
+                    }
+                    run::run_pipeline(&pipeline, &options).await
+                }
                 Err(problems) => Err(KilnError::Problems(problems)),
             };
             match ran {
@@ -426,6 +439,9 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                     return Err(e);
                 }
             };
+            if let Some(events) = &events {
+                events.catch_up(&pipeline.name, &feature_sets(&pipeline)).await;
+            }
             let options = StreamOptions {
                 batch_rows,
                 batch_bytes,

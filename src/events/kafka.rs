@@ -2,15 +2,26 @@
 
 use std::time::Duration;
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
 
-use super::EventSink;
+use super::{CloudEvent, EventSink, VERSION};
 use crate::error::{KilnError, Result};
 use crate::kafka_client::ClientSettings;
 
 /// How long librdkafka keeps retrying one event before giving up on it.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Events per partition read back to find what was announced.
+const TAIL: i64 = 1000;
+/// How long reading them back may take.
+const TAIL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An idempotent producer for one events topic.
 pub struct KafkaEvents {
@@ -71,4 +82,85 @@ impl EventSink for KafkaEvents {
                 ))
             })
     }
+
+    /// The newest version event of each location among the last [`TAIL`]
+    /// events of every partition of the topic.
+    async fn announced(&self, locations: &BTreeSet<String>) -> Result<BTreeMap<String, u64>> {
+        let settings = self.settings.clone();
+        let topic = self.topic.clone();
+        let locations = locations.clone();
+        tokio::task::spawn_blocking(move || newest_versions(&settings, &topic, &locations))
+            .await
+            .map_err(|e| KilnError::Run(format!("reading the events topic: {e}")))?
+            .map_err(|e| {
+                KilnError::Kafka(format!(
+                    "reading back '{}': {}",
+                    self.topic,
+                    self.settings.scrub(&e.to_string())
+                ))
+            })
+    }
+}
+
+fn newest_versions(
+    settings: &ClientSettings,
+    topic: &str,
+    locations: &BTreeSet<String>,
+) -> KafkaResult<BTreeMap<String, u64>> {
+    let mut config = settings.config();
+    config
+        .set(
+            "group.id",
+            format!("kiln-events-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), TAIL_TIMEOUT)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), TAIL_TIMEOUT)?;
+        if high > low {
+            tpl.add_partition_offset(topic, partition.id(), Offset::Offset(low.max(high - TAIL)))?;
+            ends.insert(partition.id(), high);
+        }
+    }
+    let mut newest = BTreeMap::new();
+    if ends.is_empty() {
+        return Ok(newest);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + TAIL_TIMEOUT;
+    while !ends.is_empty() && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        if ends
+            .get(&message.partition())
+            .is_some_and(|&end| message.offset() + 1 >= end)
+        {
+            ends.remove(&message.partition());
+        }
+        let Some(event) = message
+            .payload()
+            .and_then(|p| serde_json::from_slice::<CloudEvent<serde_json::Value>>(p).ok())
+        else {
+            continue;
+        };
+        if event.kind != VERSION {
+            continue;
+        }
+        let (Some(location), Some(version)) =
+            (event.data["location"].as_str(), event.data["version"].as_u64())
+        else {
+            continue;
+        };
+        if locations.contains(location) {
+            let entry = newest.entry(location.to_string()).or_insert(version);
+            *entry = (*entry).max(version);
+        }
+    }
+    Ok(newest)
 }

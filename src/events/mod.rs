@@ -11,6 +11,7 @@
 
 mod kafka;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -18,8 +19,11 @@ use serde::{Deserialize, Serialize};
 pub use kafka::KafkaEvents;
 
 use crate::error::Result;
-use crate::featureset::{ColumnStats, Lineage, table_url};
+use crate::featureset::{self, ColumnStats, Lineage, table_url};
 use crate::kafka_client::ClientSettings;
+
+/// Commits looked at, newest first, for versions left unannounced.
+const CATCH_UP_COMMITS: u64 = 100;
 
 /// The type of a new-version event.
 pub const VERSION: &str = "dev.kiln.featureset.version";
@@ -134,6 +138,12 @@ pub trait EventSink: Send + Sync + std::fmt::Debug {
     /// Deliver one event's bytes under `key`, retrying what is worth it;
     /// an error means it was not delivered.
     async fn send(&self, key: &str, value: Vec<u8>) -> Result<()>;
+
+    /// The newest version announced for each of `locations` (feature set
+    /// URLs) among the sink's recent events; none known by default.
+    async fn announced(&self, _locations: &BTreeSet<String>) -> Result<BTreeMap<String, u64>> {
+        Ok(BTreeMap::new())
+    }
 }
 
 /// Publishes kiln's events to a sink.
@@ -205,6 +215,47 @@ impl Events {
             data,
         };
         self.publish(&subject, &event).await;
+    }
+
+    /// Announce the versions of `feature_sets` (name, location) that
+    /// `pipeline` committed and the sink has no event for yet: a process
+    /// killed between a commit and its event left them unannounced. Those
+    /// newer than the newest version the sink holds, among the last commits;
+    /// when it holds none, the newest (consumers de-duplicate).
+    pub async fn catch_up(&self, pipeline: &str, feature_sets: &[(String, String)]) {
+        let urls: BTreeMap<String, (String, String)> = feature_sets
+            .iter()
+            .filter_map(|(name, location)| {
+                let url = table_url(location).ok()?.to_string();
+                Some((url, (name.clone(), location.clone())))
+            })
+            .collect();
+        let announced = match self.sink.announced(&urls.keys().cloned().collect()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the events already published; announcing nothing again");
+                return;
+            }
+        };
+        for (url, (name, location)) in &urls {
+            let commits = match featureset::recent_commits(location, CATCH_UP_COMMITS).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(feature_set = %name, error = %e, "reading recent commits to announce");
+                    continue;
+                }
+            };
+            let mine = commits.into_iter().filter(|(_, l)| l.pipeline == pipeline);
+            let missing: Vec<(u64, Lineage)> = match announced.get(url) {
+                Some(&newest) => mine.filter(|(v, _)| *v > newest).collect(),
+                None => mine.take(1).collect(),
+            };
+            for (version, lineage) in missing.into_iter().rev() {
+                tracing::info!(feature_set = %name, version, "announcing a version that may not have been announced");
+                self.version(VersionData::of_commit(name, location, version, &lineage))
+                    .await;
+            }
+        }
     }
 
     async fn publish<T: Serialize>(&self, key: &str, event: &CloudEvent<T>) {

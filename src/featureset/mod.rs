@@ -33,7 +33,7 @@ pub use lineage::{ColumnStats, InputFile, KafkaInput, LINEAGE_KEY, Lineage, Lost
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
 pub use tables::OpenTables;
-pub use watch::{Arrived, Wanted, trigger_commit, wait};
+pub use watch::{Arrived, Wanted, recent_commits, trigger_commit, wait};
 pub use write::{FileWriter, WriteBuffers, WrittenFiles, write_batches};
 
 /// The table URL of a feature set location: a path (relative to the

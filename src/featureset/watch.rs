@@ -139,6 +139,25 @@ pub async fn trigger_commit(location: &str, id: &str) -> Result<Option<(u64, Lin
     Ok(None)
 }
 
+/// The last `count` commits of the feature set at `location` that carry
+/// kiln's lineage, newest first.
+pub async fn recent_commits(location: &str, count: u64) -> Result<Vec<(u64, Lineage)>> {
+    let log = Log::open(location)?;
+    let Some(latest) = log.latest().await? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for version in (latest.saturating_sub(count.max(1) - 1)..=latest).rev() {
+        let Some(lineage) = log.lineage_of(version).await? else {
+            break;
+        };
+        if let Some(lineage) = lineage.and_then(|l| serde_json::from_value(l).ok()) {
+            out.push((version, lineage));
+        }
+    }
+    Ok(out)
+}
+
 /// A commit file: missing, or there with what its lineage names as its
 /// trigger (the trigger's id and what started the run).
 enum Commit {

@@ -159,3 +159,51 @@ fn a_run_announces_each_version_and_its_failure() {
     );
     assert_eq!(failed["data"]["pipeline"], "p");
 }
+
+/// A run stopped between the commits of its two feature sets announced
+/// neither (events follow the whole run): the next run announces the
+/// version left behind before its own.
+#[test]
+fn a_version_left_unannounced_by_a_crash_is_announced_by_the_next_run() {
+    let brokers = broker();
+    let events = new_topic(&brokers, "events", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("landing/a.csv"), "id,user_id,value\n1,1,0.5\n2,1,1.5\n");
+    write(
+        &d.join("p.sql"),
+        "CREATE EXTERNAL TABLE landed (id BIGINT NOT NULL, user_id BIGINT NOT NULL, value DOUBLE)\n\
+         STORED AS CSV LOCATION 'landing/' OPTIONS ('has_header' 'true');\n\
+         CREATE EXTERNAL TABLE first STORED AS FEATURES LOCATION 'out/first' OPTIONS ('key' 'id', 'mode' 'overwrite');\n\
+         CREATE EXTERNAL TABLE second STORED AS FEATURES LOCATION 'out/second' OPTIONS ('key' 'id', 'mode' 'overwrite');\n\
+         INSERT INTO first SELECT id, value FROM landed;\n\
+         INSERT INTO second SELECT id, user_id FROM landed;\n",
+    );
+    let topic = format!("kafka://{events}");
+    let args = ["run", "p.sql", "--events", topic.as_str(), "-b", brokers.as_str()];
+    kiln_env(d, &args, &[("FAILPOINTS", "run-between-feature-sets=return")]).failed();
+    assert!(d.join("out/first/_delta_log/00000000000000000000.json").exists());
+    kiln(d, &args).ok();
+
+    let got = events_on(&brokers, &events, 4);
+    assert!(schema_errors(&got).iter().all(Vec::is_empty), "{got:#?}");
+    let seen: Vec<(String, Option<u64>)> = got
+        .iter()
+        .map(|(_, e)| {
+            let name = e["data"]["feature_set"]
+                .as_str()
+                .unwrap_or(e["type"].as_str().unwrap());
+            (name.to_string(), e["data"]["version"].as_u64())
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("dev.kiln.run.failed".to_string(), None),
+            ("first".to_string(), Some(0)),
+            ("first".to_string(), Some(1)),
+            ("second".to_string(), Some(0)),
+        ],
+        "{got:#?}"
+    );
+}
