@@ -340,9 +340,28 @@ fn a_trigger_sent_twice_commits_once_and_bad_triggers_are_acknowledged() {
     );
     t.send(d, "daily", Some("after"), "2026-11-29");
     let events = new_topic(&t.brokers, "events", 1);
-    let w = t.start(d, "worker", &["--events", &format!("kafka://{events}")], &[]);
+    // Credentials given both ways (unused on a PLAINTEXT listener) never
+    // show in what the worker writes.
+    let w = t.start(
+        d,
+        "worker",
+        &[
+            "--events",
+            &format!("kafka://{events}"),
+            "-X",
+            "sasl.password=kiln-flag-secret-51d3",
+        ],
+        &[("KILN_KAFKA_SSL_KEY_PASSWORD", "kiln-env-secret-9a7e")],
+    );
     let all = wait_for_reports(d, &["worker"], 9, Duration::from_secs(120));
     stop(w, d, "worker");
+    for file in ["worker.out", "worker.err"] {
+        let written = std::fs::read_to_string(d.join(file)).unwrap();
+        assert!(
+            !written.contains("kiln-flag-secret-51d3") && !written.contains("kiln-env-secret-9a7e"),
+            "{file}"
+        );
+    }
 
     assert_eq!(status_of(&all, &id), ["committed", "already_run"], "{all:#?}");
     assert_eq!(status_of(&all, "after"), ["committed"], "{all:#?}");
@@ -380,6 +399,10 @@ fn a_trigger_sent_twice_commits_once_and_bad_triggers_are_acknowledged() {
     // Two versions, the first announced again when its trigger came again
     // (the same event id: consumers de-duplicate), and six failures.
     let got = events_on(&t.brokers, &events, 9);
+    assert!(
+        !format!("{got:?}").contains("secret-"),
+        "no credential in the events"
+    );
     let errors = schema_errors(&got);
     assert!(errors.iter().all(Vec::is_empty), "{errors:?}\n{got:#?}");
     let versions: Vec<&Value> = got
