@@ -116,8 +116,9 @@ enum Command {
     /// Run pipelines when trigger messages arrive on a Kafka topic; each trigger runs once.
     ///
     /// A message is JSON: {"id": "...", "pipeline": "NAME", "set": {"VAR": "value"}}, keyed by
-    /// the pipeline name (see `kiln trigger`); it runs DIR/NAME.sql. Workers of one
-    /// deployment share a consumer group. SIGTERM or SIGINT stops taking triggers, lets
+    /// the pipeline name (see `kiln trigger`); it runs DIR/NAME.sql. Or it is an S3 event
+    /// notification: every pipeline whose incremental source covers a created object runs
+    /// over the objects it names. Workers of one deployment share a consumer group. SIGTERM or SIGINT stops taking triggers, lets
     /// the runs in flight end (or, past --shutdown-timeout, abandons them) and exits 0.
     Worker {
         /// The trigger topic: kafka://TOPIC.
@@ -232,13 +233,20 @@ struct KafkaArgs {
     #[arg(short = 'b', long = "brokers", value_name = "BROKERS")]
     brokers: Option<String>,
     /// A librdkafka property (repeatable), e.g. -X security.protocol=SASL_SSL.
-    #[arg(short = 'X', value_name = "PROPERTY=VALUE", value_parser = kafka_client::parse_property)]
-    properties: Vec<(String, String)>,
+    // Parsed after clap, whose own errors repeat the argument: a password
+    // given without its name must not be echoed.
+    #[arg(short = 'X', value_name = "PROPERTY=VALUE")]
+    properties: Vec<String>,
 }
 
 impl KafkaArgs {
-    fn settings(&self) -> ClientSettings {
-        ClientSettings::from_env(self.brokers.as_deref(), &self.properties)
+    fn settings(&self) -> Result<ClientSettings, String> {
+        let properties = self
+            .properties
+            .iter()
+            .map(|p| kafka_client::parse_property(p).map_err(|e| format!("-X: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ClientSettings::from_env(self.brokers.as_deref(), &properties))
     }
 }
 
@@ -386,7 +394,10 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             events,
             output,
         } => {
-            let events = Events::to_kafka(&events.kafka.settings(), events.topic.as_deref())?;
+            let events = Events::to_kafka(
+                &events.kafka.settings().map_err(KilnError::Usage)?,
+                events.topic.as_deref(),
+            )?;
             let name = pipeline_name(&file, &pipeline);
             let options = RunOptions {
                 trigger,
@@ -429,7 +440,10 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             if !allocator::tune_for_streaming() {
                 tracing::debug!("allocator thresholds left at their defaults");
             }
-            let events = Events::to_kafka(&events.kafka.settings(), events.topic.as_deref())?;
+            let events = Events::to_kafka(
+                &events.kafka.settings().map_err(KilnError::Usage)?,
+                events.topic.as_deref(),
+            )?;
             let name = pipeline_name(&file, &pipeline);
             let pipeline = match load(&file, set, pipeline) {
                 Ok(p) => p,
@@ -481,11 +495,11 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             let options = run::WorkerOptions {
                 topic: triggers,
                 pipelines,
-                client: kafka.settings(),
+                client: kafka.settings().map_err(KilnError::Usage)?,
                 concurrency: concurrency as usize,
                 shutdown_timeout,
                 resources,
-                events: Events::to_kafka(&kafka.settings(), events.as_deref())?,
+                events: Events::to_kafka(&kafka.settings().map_err(KilnError::Usage)?, events.as_deref())?,
             };
             let on_trigger = |r: &run::TriggerReport| match output {
                 Output::Json => println!("{}", serde_json::to_string(r).expect("results serialize")),
@@ -503,7 +517,8 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             output,
         } => {
             let trigger = Trigger::new(&pipeline, set.into_iter().collect(), id);
-            let sent = kiln::trigger::send(&kafka.settings(), &topic, &trigger).await?;
+            let sent =
+                kiln::trigger::send(&kafka.settings().map_err(KilnError::Usage)?, &topic, &trigger).await?;
             emit(output, &sent, |s| format!("{}\n", s.id));
         }
         Command::Check { paths, set, output } => {
