@@ -68,13 +68,13 @@ impl Triggers {
     /// log in `<name>.err`: a static member of the group named `name`, so
     /// that a restarted worker takes its killed predecessor's place at once
     /// (noida-db never expires a member whose session timed out).
-    fn start(&self, dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    fn start(&self, dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Running {
         let member = format!("group.instance.id={name}");
         self.start_member(dir, name, &[&["-X", member.as_str()][..], extra].concat(), env)
     }
 
     /// `kiln worker` as a new member of the group each time it starts.
-    fn start_member(&self, dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    fn start_member(&self, dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Running {
         // Appended to: a restarted worker's reports follow its predecessor's.
         let append = |path: std::path::PathBuf| {
             std::fs::OpenOptions::new()
@@ -110,6 +110,7 @@ impl Triggers {
             .stderr(Stdio::from(err))
             .spawn()
             .expect("kiln worker starts")
+            .into()
     }
 
     /// `kiln trigger`; returns the id it printed.
@@ -131,6 +132,35 @@ impl Triggers {
         let sent = kiln(dir, &args).ok().stdout.trim().to_string();
         assert!(!sent.is_empty());
         sent
+    }
+}
+
+/// A running worker, killed when a test fails before it stopped it.
+struct Running(Option<Child>);
+
+impl From<Child> for Running {
+    fn from(child: Child) -> Self {
+        Self(Some(child))
+    }
+}
+
+impl Running {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("still running")
+    }
+
+    /// SIGTERM; it must exit 0 on its own.
+    fn stop(mut self, dir: &Path, log: &str) {
+        stop(self.0.take().expect("still running"), dir, log);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -253,8 +283,8 @@ fn twenty_triggers_over_two_workers(brokers: &str) {
             })
         },
     );
-    stop(a, d, "worker-a");
-    stop(b, d, "worker-b");
+    a.stop(d, "worker-a");
+    b.stop(d, "worker-b");
 
     let commits = commits_by_trigger(d);
     for id in &ids {
@@ -354,7 +384,7 @@ fn a_trigger_sent_twice_commits_once_and_bad_triggers_are_acknowledged() {
         &[("KILN_KAFKA_SSL_KEY_PASSWORD", "kiln-env-secret-9a7e")],
     );
     let all = wait_for_reports(d, &["worker"], 9, Duration::from_secs(120));
-    stop(w, d, "worker");
+    w.stop(d, "worker");
     for file in ["worker.out", "worker.err"] {
         let written = std::fs::read_to_string(d.join(file)).unwrap();
         assert!(
@@ -459,8 +489,8 @@ fn a_worker_killed_between_two_commits_finishes_only_the_second() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let mut w = w;
-    signal(&w, "-KILL");
-    w.wait().unwrap();
+    signal(w.child(), "-KILL");
+    w.child().wait().unwrap();
     assert!(!has_delta_log(&d.join("out/second")));
     assert!(
         reports(d, "worker").is_empty(),
@@ -469,7 +499,7 @@ fn a_worker_killed_between_two_commits_finishes_only_the_second() {
 
     let again = t.start(d, "worker", &[], &[]);
     let all = wait_for_reports(d, &["worker"], 1, Duration::from_secs(120));
-    stop(again, d, "worker");
+    again.stop(d, "worker");
     assert_eq!(all[0]["status"], "committed", "{all:#?}");
     let outcomes = all[0]["run"]["feature_sets"].as_array().unwrap();
     let first = outcomes.iter().find(|o| o["feature_set"] == "first").unwrap();
@@ -501,7 +531,7 @@ fn a_crash_between_the_delta_commit_and_the_offset_commit_does_not_run_again() {
         &[],
         &[("FAILPOINTS", "worker-before-offset-commit=return")],
     );
-    let status = crashing.wait().unwrap();
+    let status = crashing.child().wait().unwrap();
     assert_eq!(status.code(), Some(137), "the failpoint ends the worker");
     assert_eq!(
         commits_by_trigger(d),
@@ -510,7 +540,7 @@ fn a_crash_between_the_delta_commit_and_the_offset_commit_does_not_run_again() {
 
     let w = t.start(d, "worker", &[], &[]);
     let all = wait_for_reports(d, &["worker"], 2, Duration::from_secs(120));
-    stop(w, d, "worker");
+    w.stop(d, "worker");
     // The crashed worker printed its report before the crash point.
     assert_eq!(
         status_of(&all, "t-crash"),
@@ -591,7 +621,7 @@ fn s3_notifications_run_the_covering_pipelines_over_exactly_the_named_objects() 
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let w = t.start(d, "worker", &[], &env);
     let all = wait_for_reports(d, &["worker"], 3, Duration::from_secs(120));
-    stop(w, d, "worker");
+    w.stop(d, "worker");
 
     let statuses: Vec<&str> = all.iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(
