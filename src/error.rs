@@ -114,6 +114,12 @@ impl KilnError {
         self.fault() == Fault::External
     }
 
+    /// The message on one line (problems and causes joined by spaces): for
+    /// the CLI's error line, a report or an event.
+    pub fn one_line(&self) -> String {
+        self.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
     /// `self`, with what kiln was doing when it happened.
     pub fn context(self, context: impl Into<String>) -> KilnError {
         KilnError::Context {

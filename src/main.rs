@@ -273,7 +273,7 @@ async fn announce_failure(
     if let Some(events) = events {
         events
             .failed(FailureData {
-                reason: one_line(&e.to_string()),
+                reason: e.one_line(),
                 pipeline: Some(pipeline),
                 run_id: None,
                 trigger: trigger.to_string(),
@@ -294,12 +294,7 @@ fn feature_sets(pipeline: &Pipeline) -> Vec<(String, String)> {
 
 /// The name a pipeline file runs under.
 fn pipeline_name(file: &std::path::Path, name: &Option<String>) -> String {
-    name.clone().unwrap_or_else(|| {
-        file.file_stem().map_or_else(
-            || file.display().to_string(),
-            |s| s.to_string_lossy().into_owned(),
-        )
-    })
+    name.clone().unwrap_or_else(|| kiln::pipeline::name_of(file))
 }
 
 fn parse_kafka_topic(text: &str) -> Result<String, String> {
@@ -631,14 +626,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {}", one_line(&e.to_string()));
+            eprintln!("error: {}", e.one_line());
             ExitCode::FAILURE
         }
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

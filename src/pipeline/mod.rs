@@ -69,10 +69,7 @@ impl Pipeline {
 
     pub fn from_text(file: &str, text: &str, vars: &Variables) -> Result<Self, Vec<Problem>> {
         let substituted = vars::substitute(text, vars, file)?;
-        let name = Path::new(file)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "pipeline".to_string());
+        let name = name_of(Path::new(file));
         let statements = parse::parse_statements(file, &substituted.text, &substituted.map)?;
         let sql_sha256 = lineage_hash(text, &substituted, &statements);
         let writes = statements
@@ -178,6 +175,14 @@ impl Pipeline {
             .map(|(_, d)| d)
             .find(|d| d.name.eq_ignore_ascii_case(name))
     }
+}
+
+/// The name a pipeline file runs under unless `--pipeline` gives another:
+/// the file name without `.sql`.
+pub fn name_of(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline".to_string())
 }
 
 /// Whether an option's value is a credential: its variables are left out

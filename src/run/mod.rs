@@ -34,7 +34,7 @@ pub use check::{CheckReport, check_paths};
 pub use explain::{InsertPlan, explain_pipeline};
 use retry::Retries;
 pub use stream::{StreamOptions, StreamSummary, parse_duration, stream_pipeline};
-pub use worker::{TriggerReport, TriggerStatus, WorkerOptions, WorkerSummary, default_group, run_worker};
+pub use worker::{TriggerReport, TriggerStatus, WorkerOptions, WorkerSummary, run_worker};
 
 /// Why a run of a trigger left a feature set alone: it has the trigger's
 /// commit already.

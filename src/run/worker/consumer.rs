@@ -26,6 +26,7 @@ use tokio::task::AbortHandle;
 
 use crate::error::{KilnError, Result};
 use crate::kafka_client::ClientSettings;
+use crate::source::kafka::repeats::Repeats;
 use crate::source::kafka::{TopicPartition, rebalance};
 
 /// One message from the trigger topic.
@@ -344,7 +345,7 @@ impl Member {
 }
 
 fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, to_loop: &UnboundedSender<Delivery>) {
-    let mut last_error: Option<(String, Instant)> = None;
+    let mut repeats = Repeats::default();
     while !shared.stop.load(Ordering::SeqCst) {
         let waiting = shared.waiting.load(Ordering::SeqCst);
         let paused = shared.paused.load(Ordering::SeqCst);
@@ -401,14 +402,9 @@ fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, to_loop: &
                 return;
             }
             Some(Err(e)) => {
-                // librdkafka reconnects by itself; say so once in a while.
                 let text = e.to_string();
-                let repeat = last_error
-                    .as_ref()
-                    .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
-                if !repeat {
+                if repeats.say(&text) {
                     tracing::warn!(error = %text, "Kafka error on the trigger topic; retrying");
-                    last_error = Some((text, Instant::now()));
                 }
             }
         }

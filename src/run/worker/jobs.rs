@@ -345,7 +345,7 @@ impl Runner {
                     );
                     tokio::time::sleep(wait).await;
                 }
-                Err(e) => return JobEnd::failed(one_line(&e.to_string())),
+                Err(e) => return JobEnd::failed(e.one_line()),
             }
         }
     }
@@ -365,10 +365,6 @@ pub(super) fn pipeline_names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ impl WorkerSummary {
 }
 
 /// The consumer group of the workers of `topic`, unless `-X group.id` names one.
-pub fn default_group(topic: &str) -> String {
+fn default_group(topic: &str) -> String {
     format!("kiln-worker.{topic}")
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -28,6 +28,7 @@ use super::buffer::{Buffer, BufferLimits, ChunkToDecode, TakenBatch, decode_chun
 use super::decode::RecordDecoder;
 use super::positions::TopicPartition;
 use super::rebalance;
+use super::repeats::Repeats;
 use crate::error::{KilnError, Result};
 
 /// Where the member starts reading the partitions it is given: the next
@@ -290,7 +291,7 @@ fn poll_loop(
     limits: BufferLimits,
     to_decode: SyncSender<ChunkToDecode>,
 ) {
-    let mut last_error: Option<(String, Instant)> = None;
+    let mut repeats = Repeats::default();
     // Whether the buffer was full after the last record: only then is it
     // looked at again before polling.
     let mut full = false;
@@ -350,18 +351,13 @@ fn poll_loop(
                 return;
             }
             Some(Err(e)) => {
-                // librdkafka reconnects by itself; say so once in a while.
                 let text = e.to_string();
-                let repeat = last_error
-                    .as_ref()
-                    .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
-                if !repeat {
+                if repeats.say(&text) {
                     if matches!(e, KafkaError::MessageConsumption(_)) {
                         tracing::warn!(error = %text, "Kafka consumer error; retrying");
                     } else {
                         tracing::warn!(error = %text, "Kafka error; retrying");
                     }
-                    last_error = Some((text, Instant::now()));
                 }
             }
         }

@@ -15,6 +15,7 @@ pub mod positions;
 pub mod read;
 pub mod rebalance;
 pub mod records;
+pub mod repeats;
 
 use std::sync::Arc;
 
