@@ -113,6 +113,10 @@ log "Kafka broker (tansu) on 127.0.0.1:$tansu_port"
 export KILN_TEST_KAFKA_TANSU="127.0.0.1:$tansu_port"
 
 # --- the suite --------------------------------------------------------------
+# `stream` and `worker` serve /metrics on 0.0.0.0:9464 by default; the
+# suite runs many at once, so each takes any free loopback port (the tests
+# of the endpoints choose theirs).
+export KILN_METRICS_ADDR=127.0.0.1:0
 log "cargo test (target dir: ${CARGO_TARGET_DIR:-target})"
 # The failpoints feature compiles in the crash and race points the suite
 # forces (tests/it/failpoints.rs); release builds have none.

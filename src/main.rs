@@ -12,6 +12,8 @@ use kiln::featureset;
 use kiln::kafka_client::{self, ClientSettings};
 use kiln::ops::allocator;
 use kiln::ops::logging::{self, LogFormat};
+use kiln::ops::server::ListenAddr;
+use kiln::ops::signals;
 use kiln::pipeline::{Pipeline, Variables, parse_assignment};
 use kiln::run::{self, RunOptions, StreamOptions};
 use kiln::trigger::Trigger;
@@ -73,6 +75,9 @@ enum Command {
         pipeline: Option<String>,
         #[command(flatten)]
         events: EventArgs,
+        /// Serve /metrics, /healthz and /readyz on HOST:PORT while the run lasts.
+        #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT", value_parser = ListenAddr::parse)]
+        metrics_addr: Option<ListenAddr>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -109,6 +114,10 @@ enum Command {
         pipeline: Option<String>,
         #[command(flatten)]
         events: EventArgs,
+        /// Serve /metrics, /healthz and /readyz on HOST:PORT (`none`: do not).
+        #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT",
+              default_value = kiln::ops::server::DEFAULT_ADDR, value_parser = ListenAddr::parse)]
+        metrics_addr: ListenAddr,
         /// `text`: a line per committed batch; `json`: a JSON object per line.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -140,6 +149,10 @@ enum Command {
         /// CloudEvent on this topic (the same brokers and settings).
         #[arg(long, value_name = "kafka://TOPIC", value_parser = parse_kafka_topic)]
         events: Option<String>,
+        /// Serve /metrics, /healthz and /readyz on HOST:PORT (`none`: do not).
+        #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT",
+              default_value = kiln::ops::server::DEFAULT_ADDR, value_parser = ListenAddr::parse)]
+        metrics_addr: ListenAddr,
         /// `text`: a line per trigger; `json`: a JSON object per line.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -387,8 +400,13 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             max_records,
             pipeline,
             events,
+            metrics_addr,
             output,
         } => {
+            let _endpoints = match metrics_addr {
+                Some(addr) => addr.serve().await?,
+                None => None,
+            };
             let events = Events::to_kafka(
                 &events.kafka.settings().map_err(KilnError::Usage)?,
                 events.topic.as_deref(),
@@ -430,8 +448,10 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             trigger,
             pipeline,
             events,
+            metrics_addr,
             output,
         } => {
+            let _endpoints = metrics_addr.serve().await?;
             if !allocator::tune_for_streaming() {
                 tracing::debug!("allocator thresholds left at their defaults");
             }
@@ -485,8 +505,10 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             concurrency,
             shutdown_timeout,
             events,
+            metrics_addr,
             output,
         } => {
+            let _endpoints = metrics_addr.serve().await?;
             let options = run::WorkerOptions {
                 topic: triggers,
                 pipelines,
@@ -617,7 +639,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command)) {
+    // `stream` and `worker` finish or abandon what is in flight on SIGTERM
+    // and SIGINT themselves; every other command stops at once (a commit
+    // is all or nothing, so nothing half-written stays behind).
+    let handles_signals = matches!(cli.command, Command::Stream { .. } | Command::Worker { .. });
+    let outcome = runtime.block_on(async {
+        if handles_signals {
+            return execute(cli.command).await;
+        }
+        tokio::select! {
+            done = execute(cli.command) => done,
+            stop = signals::stop_requested() => {
+                eprintln!(
+                    "error: stopped by {}: versions committed before it stay; the rest was not committed",
+                    stop.name()
+                );
+                std::process::exit(i32::from(stop.exit_status()));
+            }
+        }
+    });
+    match outcome {
         Ok(code) => code,
         Err(KilnError::Problems(problems)) => {
             for p in problems {

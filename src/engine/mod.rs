@@ -33,9 +33,11 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
     if let Some(dir) = &resources.spill_dir {
         runtime = runtime.with_temp_file_path(dir);
     }
+    let runtime = runtime.build_arc()?;
+    crate::ops::metrics::track_engine(&runtime);
     let mut state = SessionStateBuilder::new()
         .with_config(config)
-        .with_runtime_env(runtime.build_arc()?)
+        .with_runtime_env(runtime)
         .with_default_features()
         .with_query_planner(Arc::new(KilnQueryPlanner));
     // Where DataFusion's defaults lose to peers on feature workloads.

@@ -1,5 +1,8 @@
 //! Structured logs on stderr: human-readable on a terminal, JSON lines
-//! otherwise (what log collectors on Kubernetes expect).
+//! otherwise (what log collectors on Kubernetes expect). A run's lines
+//! carry its `pipeline` and `run_id` from the `run` span it runs in (in
+//! JSON, under `span`); librdkafka's own log lines come through the `log`
+//! bridge, at their own levels.
 
 use std::io::IsTerminal;
 
@@ -30,7 +33,11 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = if json {
-        builder.json().with_current_span(false).try_init()
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.with_target(false).try_init()
     };

@@ -132,6 +132,33 @@ pub struct SourceReads {
     pub streamed: bool,
 }
 
+/// The Kafka timestamp (milliseconds) of the oldest record `reads` hold
+/// in memory (a stream batch; a bounded run's ranges are fetched while its
+/// queries run and hold none).
+pub(crate) fn oldest_timestamp_ms(reads: &[SourceReads]) -> Option<i64> {
+    reads
+        .iter()
+        .flat_map(|r| &r.reads)
+        .flat_map(|p| &p.batches)
+        .filter_map(|batch| {
+            let column = batch.column_by_name("_timestamp")?;
+            let stamps = column
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMillisecondArray>()?;
+            arrow::compute::min(stamps)
+        })
+        .min()
+}
+
+/// How many bad records `reads` set aside, per kind.
+pub(crate) fn bad_records_by_kind(reads: &[SourceReads]) -> Vec<(&'static str, u64)> {
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for bad in reads.iter().flat_map(|r| &r.reads).flat_map(|p| &p.bad) {
+        *counts.entry(bad.kind.as_str()).or_default() += 1;
+    }
+    counts.into_iter().collect()
+}
+
 impl SourceReads {
     pub fn records(&self) -> u64 {
         self.reads.iter().map(|r| r.records).sum()

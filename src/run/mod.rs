@@ -22,11 +22,13 @@ mod worker;
 use std::time::Instant;
 
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::engine::{self, Resources};
 use crate::error::{Context, Fault, KilnError, Result};
 use crate::events::{Events, VersionData};
 use crate::featureset::{KafkaInput, Lineage, OpenTables};
+use crate::ops::metrics;
 use crate::pipeline::{Pipeline, SinkMode};
 
 use attempt::Attempt;
@@ -132,10 +134,27 @@ const MAX_CONFLICT_RETRIES: usize = 5;
 /// Broker and store failures retried in a row before the run fails.
 const MAX_FAILURE_RETRIES: usize = 5;
 
-/// Run `pipeline` once.
+/// Run `pipeline` once. Its logs carry the pipeline's name and the run's
+/// id (a `run` span).
 pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<RunSummary> {
-    let started = Instant::now();
     let run_id = uuid::Uuid::new_v4().to_string();
+    let span = run_span(&pipeline.name, &run_id, options);
+    let _running = metrics::Running::start(&pipeline.name);
+    run_once(pipeline, options, run_id).instrument(span).await
+}
+
+/// The span of one run or stream batch.
+pub(crate) fn run_span(pipeline: &str, run_id: &str, options: &RunOptions) -> tracing::Span {
+    tracing::info_span!(
+        "run",
+        pipeline = %pipeline,
+        run_id = %run_id,
+        trigger_id = options.trigger_id.as_deref()
+    )
+}
+
+async fn run_once(pipeline: &Pipeline, options: &RunOptions, run_id: String) -> Result<RunSummary> {
+    let started = Instant::now();
     let ctx = session(options)?;
     let tables = OpenTables::default();
     let kafka_sources = kafka::prepare(&ctx, pipeline)

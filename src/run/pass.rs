@@ -14,6 +14,7 @@ use crate::featureset::{
     self, FileWriter, InputFile, Lineage, LostRange, OpenTables, StagedWrite, StatsCollector, WriteBuffers,
 };
 use crate::ledger::{self, ReadInput};
+use crate::ops::{health, metrics};
 use crate::pipeline::{Pipeline, SinkMode};
 use crate::source::kafka::{PartitionRange, TopicPartition};
 
@@ -216,6 +217,7 @@ async fn run_pass(
         kafka::send_to_dead_letter_topics(&pipeline.name, run_id, &reads).await?;
     }
 
+    let oldest_record_ms = kafka::oldest_timestamp_ms(&reads);
     let mut outcomes = Vec::new();
     // Feature sets this pass already committed to (two INSERTs into one):
     // the next commit reads its inputs at that version.
@@ -255,7 +257,26 @@ async fn run_pass(
         let rows = write.rows();
         let location = write.location.clone();
         let lineage = write.lineage.clone();
-        let version = featureset::commit(write, tables).await?;
+        let commit_started = Instant::now();
+        let outcome = featureset::commit(write, tables).await;
+        let oldest_record_age = oldest_record_ms.map(|ms| {
+            let now = chrono::Utc::now().timestamp_millis();
+            std::time::Duration::from_millis(now.saturating_sub(ms).max(0) as u64)
+        });
+        metrics::commit_ended(
+            &pipeline.name,
+            &insert.feature_set.name,
+            commit_started.elapsed(),
+            outcome.as_ref().ok().map(|&v| (v, rows)),
+            oldest_record_age,
+        );
+        // A lost race is planned again at once; anything else is a failing
+        // commit until one succeeds.
+        health::commit_attempted(match &outcome {
+            Err(e) if e.fault() != Fault::Conflict => Some(e.one_line()),
+            _ => None,
+        });
+        let version = outcome?;
         committed.insert(location, version);
         outcomes.push(SinkOutcome {
             feature_set: insert.feature_set.name.clone(),
@@ -269,6 +290,12 @@ async fn run_pass(
         });
     }
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "committed");
+    metrics::pass_committed(
+        &pipeline.name,
+        kafka_summary.as_ref().map_or(0, |k| k.records),
+        &kafka::bad_records_by_kind(&reads),
+        started.elapsed(),
+    );
     let summary = RunSummary {
         pipeline: pipeline.name.clone(),
         file: pipeline.file.clone(),

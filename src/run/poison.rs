@@ -27,7 +27,7 @@ use crate::featureset::OpenTables;
 use crate::pipeline::Pipeline;
 use crate::source::kafka::fetch::without_offsets;
 use crate::source::kafka::read::fetch_raw;
-use crate::source::kafka::{BadRecord, RawRecord};
+use crate::source::kafka::{BadKind, BadRecord, RawRecord};
 
 /// Query runs one search may make before it gives up: about twenty bad
 /// records in a quarter of a million.
@@ -190,6 +190,7 @@ pub(crate) async fn set_aside(
                     key: None,
                     value: None,
                 }),
+                kind: BadKind::FailsQuery,
                 reason: format!("the pipeline's SQL failed on this record: {error}"),
             }));
         read.bad.sort_by_key(|b| b.record.offset);

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use rdkafka::Offset;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::kafka::{self, SourceReads};
 use super::pass::{Pass, ReadAt, run_group};
@@ -26,6 +27,7 @@ use super::{RunOptions, RunSummary, session};
 use crate::error::{Fault, KilnError, Result};
 use crate::featureset::OpenTables;
 use crate::ledger::{self, Positions, plan};
+use crate::ops::{health, metrics};
 use crate::pipeline::{Pipeline, StartAt};
 use crate::source::kafka::buffer::{self, BufferLimits, TakenBatch, TakenPartition};
 use crate::source::kafka::group::{Member, PositionLookup};
@@ -55,6 +57,10 @@ pub struct StreamSummary {
     pub abandoned_at_shutdown: bool,
 }
 
+/// The batch loop's name in `/healthz`, and how long it may go without
+/// turning: a batch that has not committed in this long is stuck.
+const STREAM_LOOP: &str = "the stream batch loop";
+const STREAM_ALLOWANCE: Duration = Duration::from_secs(15 * 60);
 /// How long a worker may hold no partitions before it checks the lag.
 const IDLE_WARNING: Duration = Duration::from_secs(30);
 /// How often it says so again.
@@ -93,6 +99,7 @@ pub async fn stream_pipeline(
     options: &StreamOptions,
     on_batch: &(dyn Fn(&RunSummary) + Sync),
 ) -> Result<StreamSummary> {
+    let _running = metrics::Running::start(&pipeline.name);
     let ctx = session(&options.run)?;
     let mut sources = kafka::prepare(&ctx, pipeline)
         .await
@@ -167,7 +174,11 @@ pub async fn stream_pipeline(
         conflicts: Retries::new(Duration::from_millis(50), Duration::from_secs(5), MAX_CONFLICTS),
         idle: None,
     };
-    let result = worker.run(on_batch).await;
+    let result = worker
+        .run(on_batch)
+        .instrument(tracing::info_span!("stream", pipeline = %pipeline.name))
+        .await;
+    health::stopped(STREAM_LOOP);
     let Worker { member, summary, .. } = worker;
     // Leaving the group hands the partitions over at once.
     tokio::task::spawn_blocking(move || member.close())
@@ -196,9 +207,10 @@ struct Worker<'a> {
 
 impl Worker<'_> {
     async fn run(&mut self, on_batch: &(dyn Fn(&RunSummary) + Sync)) -> Result<()> {
-        let mut shutdown = std::pin::pin!(shutdown_signal());
+        let mut shutdown = std::pin::pin!(crate::ops::signals::stop_requested());
         let mut stopping = false;
         loop {
+            health::beat(STREAM_LOOP, STREAM_ALLOWANCE);
             if !stopping {
                 tokio::select! {
                     _ = &mut shutdown => {
@@ -392,6 +404,7 @@ impl Worker<'_> {
                 fail::fail_point!("stream-revoked-before-commit");
             }
             let run_id = uuid::Uuid::new_v4().to_string();
+            let span = super::run_span(&self.pipeline.name, &run_id, &self.options.run);
             let (summary, _) = run_group(
                 &pass_pipeline,
                 &self.options.run,
@@ -400,6 +413,7 @@ impl Worker<'_> {
                 started,
                 pass,
             )
+            .instrument(span)
             .await?;
             self.committed(&summary, &ranges);
             summaries.push(summary);
@@ -620,21 +634,6 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         return Err(format!("'{text}' is longer than a year"));
     }
     Ok(duration)
-}
-
-pub(super) async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the worker");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 #[cfg(test)]

@@ -70,9 +70,14 @@ struct Shared {
 
 struct MemberContext {
     shared: Arc<Shared>,
+    group: String,
 }
 
-impl ClientContext for MemberContext {}
+impl ClientContext for MemberContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::ops::consumer_statistics(&self.group, &statistics);
+    }
+}
 
 impl ConsumerContext for MemberContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -88,6 +93,7 @@ impl ConsumerContext for MemberContext {
                     }
                 }
                 tracing::info!(partitions = ?partitions, "trigger partitions assigned");
+                crate::ops::health::joined_group();
                 if let Err(e) = rebalance::take(consumer, tpl) {
                     tracing::error!(error = %e, "assigning trigger partitions");
                 }
@@ -218,9 +224,13 @@ impl Member {
         config.set("enable.auto.commit", "false");
         config.set("enable.auto.offset.store", "false");
         config.set("enable.partition.eof", "false");
+        crate::ops::enable_statistics(&mut config);
+        let group = config.get("group.id").unwrap_or(group).to_string();
+        crate::ops::health::expect_group();
         let consumer: BaseConsumer<MemberContext> = config
             .create_with_context(MemberContext {
                 shared: Arc::clone(&shared),
+                group,
             })
             .map_err(|e| {
                 KilnError::Usage(format!(
@@ -338,15 +348,20 @@ impl Member {
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
         }
+        crate::ops::health::stopped(POLL_LOOP);
         self.consumer.unsubscribe();
         // The last reference: dropping closes the consumer, which serves the
         // final revocation and leaves the group.
     }
 }
 
+/// The poll thread's name in `/healthz`.
+const POLL_LOOP: &str = "the trigger poll thread";
+
 fn poll_loop(consumer: &BaseConsumer<MemberContext>, shared: &Shared, to_loop: &UnboundedSender<Delivery>) {
     let mut repeats = Repeats::default();
     while !shared.stop.load(Ordering::SeqCst) {
+        crate::ops::health::beat(POLL_LOOP, crate::ops::health::POLL_ALLOWANCE);
         let waiting = shared.waiting.load(Ordering::SeqCst);
         let paused = shared.paused.load(Ordering::SeqCst);
         if (!paused && waiting >= MAX_WAITING || paused && waiting < MAX_WAITING / 2)

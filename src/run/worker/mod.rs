@@ -31,6 +31,7 @@ use crate::error::{KilnError, Result};
 use crate::events::{Events, FailureData, MessageAt, VersionData};
 use crate::featureset;
 use crate::kafka_client::ClientSettings;
+use crate::ops::{health, metrics};
 use acks::Acks;
 use consumer::{Delivery, Member};
 use jobs::{Job, JobEnd, Runner, Started, accept, pipeline_names, report_of};
@@ -70,6 +71,23 @@ pub enum TriggerStatus {
     /// A notification of objects no pipeline's incremental source covers.
     Skipped,
 }
+
+impl TriggerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerStatus::Committed => "committed",
+            TriggerStatus::AlreadyRun => "already_run",
+            TriggerStatus::NothingToCommit => "nothing_to_commit",
+            TriggerStatus::Failed => "failed",
+            TriggerStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// The worker loop's name in `/healthz`, and how long it may go without
+/// turning (it turns at least every half second).
+const TRIGGER_LOOP: &str = "the trigger worker loop";
+const TRIGGER_ALLOWANCE: Duration = Duration::from_secs(60);
 
 /// One trigger the worker finished with.
 #[derive(Debug, Clone, Serialize)]
@@ -176,7 +194,7 @@ pub async fn run_worker(
     let mut busy: BTreeSet<String> = BTreeSet::new();
     let mut runs: JoinSet<JobEnd> = JoinSet::new();
     let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
-    let mut shutdown = std::pin::pin!(super::stream::shutdown_signal());
+    let mut shutdown = std::pin::pin!(crate::ops::signals::stop_requested());
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut ended = Ended {
         options,
@@ -186,6 +204,7 @@ pub async fn run_worker(
         on_trigger,
     };
     loop {
+        health::beat(TRIGGER_LOOP, TRIGGER_ALLOWANCE);
         tokio::select! {
             _ = &mut shutdown => break,
             delivery = deliveries.recv() => {
@@ -273,6 +292,7 @@ pub async fn run_worker(
         }
     }
 
+    health::stopped(TRIGGER_LOOP);
     tracing::info!(
         running = runs.len(),
         waiting = queue.len(),
@@ -357,6 +377,10 @@ impl Ended<'_> {
     /// as far as everything before it has ended.
     async fn finish(&mut self, delivery: &Delivery, report: TriggerReport) -> Result<()> {
         self.summary.count(&report);
+        // Labelled by the pipeline that ran: a bad trigger's name is
+        // whatever its sender wrote, not a label.
+        let ran = report.run.as_ref().map_or("-", |r| r.pipeline.as_str());
+        metrics::trigger_finished(ran, report.status.as_str());
         (self.on_trigger)(&report);
         if let Some(events) = &self.options.events {
             announce(events, &report).await;

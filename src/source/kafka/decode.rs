@@ -55,7 +55,32 @@ pub struct RawRecord {
 #[derive(Debug, Clone)]
 pub struct BadRecord {
     pub record: RawRecord,
+    pub kind: BadKind,
     pub reason: String,
+}
+
+/// What is wrong with a bad record, in a word (the metrics' `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadKind {
+    /// The value is not in the source's format, or not of its columns.
+    Undecodable,
+    /// No value, or no bytes in it.
+    Empty,
+    /// Larger than `max.record.bytes`.
+    TooLarge,
+    /// It decoded, but the pipeline's SQL fails on it.
+    FailsQuery,
+}
+
+impl BadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadKind::Undecodable => "undecodable",
+            BadKind::Empty => "empty",
+            BadKind::TooLarge => "too_large",
+            BadKind::FailsQuery => "fails_query",
+        }
+    }
 }
 
 /// Decodes chunks of one topic-partition's records.
@@ -128,9 +153,9 @@ impl RecordDecoder {
         // Runs of records that pass the checks made without decoding.
         let mut run_start = 0;
         for i in 0..records.len() {
-            if let Some(reason) = self.precheck(records, i) {
+            if let Some((kind, reason)) = self.precheck(records, i) {
                 self.decode_range(records, run_start..i, &mut parts, &mut failed);
-                failed.push((i, reason));
+                failed.push((i, kind, reason));
                 run_start = i + 1;
             }
         }
@@ -140,14 +165,15 @@ impl RecordDecoder {
             match self.with_metadata(topic, partition, &records.slice(range.clone()), values) {
                 Ok(batch) => batches.push(batch),
                 // Not expected: the metadata columns are built to the schema.
-                Err(e) => failed.extend(range.map(|i| (i, e.to_string()))),
+                Err(e) => failed.extend(range.map(|i| (i, BadKind::Undecodable, e.to_string()))),
             }
         }
-        failed.sort_by_key(|(i, _)| *i);
+        failed.sort_by_key(|(i, _, _)| *i);
         let bad = failed
             .into_iter()
-            .map(|(i, reason)| BadRecord {
+            .map(|(i, kind, reason)| BadRecord {
                 record: records.raw(i),
+                kind,
                 reason,
             })
             .collect();
@@ -155,23 +181,27 @@ impl RecordDecoder {
     }
 
     /// Faults visible without decoding.
-    fn precheck(&self, records: &Records, i: usize) -> Option<String> {
+    fn precheck(&self, records: &Records, i: usize) -> Option<(BadKind, String)> {
         let value = records.value(i);
         let len = value.map_or(0, <[u8]>::len);
         if len > self.max_record_bytes {
-            return Some(format!(
-                "value of {len} bytes is larger than max.record.bytes ({})",
-                self.max_record_bytes
+            return Some((
+                BadKind::TooLarge,
+                format!(
+                    "value of {len} bytes is larger than max.record.bytes ({})",
+                    self.max_record_bytes
+                ),
             ));
         }
         if self.format != Format::Bytes && len == 0 {
-            return Some(
+            return Some((
+                BadKind::Empty,
                 match value {
                     None => "empty message: the record has no value (a tombstone)",
                     Some(_) => "empty message: the value has no bytes",
                 }
                 .into(),
-            );
+            ));
         }
         None
     }
@@ -181,14 +211,14 @@ impl RecordDecoder {
         records: &Records,
         range: Range<usize>,
         parts: &mut Vec<(Range<usize>, RecordBatch)>,
-        failed: &mut Vec<(usize, String)>,
+        failed: &mut Vec<(usize, BadKind, String)>,
     ) {
         if range.is_empty() {
             return;
         }
         match self.try_decode(&records.slice(range.clone())) {
             Ok(batch) => parts.push((range, batch)),
-            Err(reason) if range.len() == 1 => failed.push((range.start, reason)),
+            Err(reason) if range.len() == 1 => failed.push((range.start, BadKind::Undecodable, reason)),
             Err(_) => {
                 let mid = range.start + range.len() / 2;
                 self.decode_range(records, range.start..mid, parts, failed);

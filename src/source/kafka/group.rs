@@ -60,9 +60,14 @@ struct Shared {
 struct MemberContext {
     shared: Arc<Shared>,
     positions: Box<PositionLookup>,
+    group: String,
 }
 
-impl ClientContext for MemberContext {}
+impl ClientContext for MemberContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::ops::consumer_statistics(&self.group, &statistics);
+    }
+}
 
 impl ConsumerContext for MemberContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -94,6 +99,7 @@ impl ConsumerContext for MemberContext {
                 }
                 drop(buffer);
                 tracing::info!(partitions = ?partitions, positions = ?positions, "partitions assigned");
+                crate::ops::health::joined_group();
                 if let Err(e) = rebalance::take(consumer, tpl) {
                     tracing::error!(error = %e, "assigning partitions");
                 }
@@ -159,9 +165,12 @@ impl Member {
         // A position the broker no longer has is an error, never a silent
         // jump to the end (librdkafka's default) or the start.
         config.set("auto.offset.reset", "error");
+        crate::ops::enable_statistics(&mut config);
+        crate::ops::health::expect_group();
         let context = MemberContext {
             shared: Arc::clone(&shared),
             positions,
+            group: config.get("group.id").unwrap_or_default().to_string(),
         };
         let consumer: BaseConsumer<MemberContext> = config
             .create_with_context(context)
@@ -279,11 +288,15 @@ impl Member {
         if let Some(decoder) = self.decoder.take() {
             let _ = decoder.join();
         }
+        crate::ops::health::stopped(POLL_LOOP);
         self.consumer.unsubscribe();
         // The last reference: dropping closes the consumer, which serves the
         // final revocation and leaves the group.
     }
 }
+
+/// The poll thread's name in `/healthz`.
+const POLL_LOOP: &str = "the Kafka poll thread";
 
 fn poll_loop(
     consumer: &BaseConsumer<MemberContext>,
@@ -302,6 +315,7 @@ fn poll_loop(
         partition: -1,
     };
     while !shared.stop.load(Ordering::SeqCst) {
+        crate::ops::health::beat(POLL_LOOP, crate::ops::health::POLL_ALLOWANCE);
         // Backpressure by not polling: librdkafka's own queue fills and it
         // stops fetching. Pausing the partitions instead would make it drop
         // what it prefetched and fetch it again on resume.

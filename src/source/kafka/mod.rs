@@ -29,7 +29,7 @@ use datafusion::prelude::SessionContext;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 
-pub use decode::{BadRecord, METADATA_COLUMNS, RawRecord, RecordDecoder};
+pub use decode::{BadKind, BadRecord, METADATA_COLUMNS, RawRecord, RecordDecoder};
 pub use fetch::{FetchBuffers, RangeFetch};
 pub use positions::{PartitionRange, TopicPartition};
 pub use read::PartitionRead;
