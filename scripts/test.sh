@@ -25,11 +25,15 @@ command -v cc >/dev/null || need_apt+=(gcc)
 command -v make >/dev/null || need_apt+=(make)
 command -v curl >/dev/null || need_apt+=(curl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v objcopy >/dev/null || need_apt+=(binutils)
+# Containers for the deploy checks (scripts/deploy-check.sh). runc, named:
+# without recommends apt picks crun, which fails on hybrid cgroups.
+command -v podman >/dev/null || need_apt+=(podman runc catatonit containernetworking-plugins buildah skopeo)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 # --- Python readers and the S3 server ------------------------------------
@@ -112,6 +116,16 @@ wait_for "the Kafka broker (tansu)" "$tansu_pid" "$tansu_port" "$scratch/tansu.l
 log "Kafka broker (tansu) on 127.0.0.1:$tansu_port"
 export KILN_TEST_KAFKA_TANSU="127.0.0.1:$tansu_port"
 
+# podman as root on a machine where root may not raise its limits, with
+# runc (crun fails on hybrid cgroups).
+export CONTAINERS_CONF="$scratch/containers.conf"
+cat > "$CONTAINERS_CONF" <<'EOF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+EOF
+
 # --- the suite --------------------------------------------------------------
 # `stream` and `worker` serve /metrics on 0.0.0.0:9464 by default; the
 # suite runs many at once, so each takes any free loopback port (the tests
@@ -121,3 +135,11 @@ log "cargo test (target dir: ${CARGO_TARGET_DIR:-target})"
 # The failpoints feature compiles in the crash and race points the suite
 # forces (tests/it/failpoints.rs); release builds have none.
 cargo test --locked --features failpoints "$@"
+
+# --- deploy/ -------------------------------------------------------------------
+# The image is built around the binary the suite just tested: no second build.
+if [ $# -eq 0 ]; then
+  bash scripts/deploy-check.sh "${CARGO_TARGET_DIR:-$repo/target}/debug/kiln"
+else
+  log "deploy checks not run: the suite was given arguments ($*)"
+fi
