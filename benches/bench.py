@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""kiln beside DuckDB on the demo pipelines.
+"""kiln beside DuckDB and Polars on the sample pipelines.
 
 For each event count, makes the demo data once (`kiln demo`), then for each
 sample pipeline runs, as separate processes on the same files:
-  - kiln:   `kiln run pipelines/X.sql` (plan, execute, commit a Delta version)
+  - kiln:   `kiln run pipelines/X.sql` (plan, execute, commit a Delta version
+            with statistics and lineage)
   - DuckDB: the same SELECT over the same Parquet files, written to Parquet
-and prints a Markdown table of wall time, input events/s and peak RSS, with
-the kiln/DuckDB ratios, and whether the two outputs agree (row count and the
-sum of every numeric column). Incremental sources are read in full by both.
+  - Polars: the same pipeline in Polars' lazy API (benches/polars_pipelines.py),
+            sunk to Parquet
+each --repeat times (the median is reported), and prints a Markdown table
+of wall time and peak RSS per engine, kiln's time over the faster peer's,
+and whether the outputs agree (row count and the sum of every numeric
+column, kiln against each peer). Incremental sources are read in full.
 
 At the sizes given by --baseline-events it also runs kiln with its planner
 rewrites off (KILN_REWRITES=none), to show what they are worth.
@@ -15,7 +19,7 @@ rewrites off (KILN_REWRITES=none), to show what they are worth.
     .venv/bin/python benches/bench.py --kiln target/release/kiln --events 1000000 10000000
 
 Run it with a Python that has duckdb and deltalake
-(scripts/requirements-test.txt). This is a benchmark, not a test: it
+(scripts/requirements-test.txt) and polars (pip install polars==2.1.0). This is a benchmark, not a test: it
 asserts nothing.
 """
 import argparse
@@ -24,6 +28,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +36,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PIPELINES = os.path.join(HERE, "..", "pipelines")
-NAMES = ["user_daily", "item_daily", "user_trailing_7d"]
+NAMES = ["user_daily", "item_daily", "user_trailing_7d", "event_enriched"]
+POLARS_RUNNER = os.path.join(HERE, "polars_pipelines.py")
 
 DUCKDB_RUNNER = r"""
 import duckdb, sys
@@ -128,21 +134,31 @@ def main():
         default=[1_000_000],
         help="sizes at which kiln also runs without its rewrites (DataFusion's own plans)",
     )
+    ap.add_argument("--repeat", type=int, default=2, help="runs per engine and pipeline; the median is reported")
+    ap.add_argument("--only", nargs="*", default=NAMES, help="the pipelines to run")
     args = ap.parse_args()
     kiln = os.path.abspath(args.kiln)
     work = args.dir or tempfile.mkdtemp(prefix="kiln-bench-")
     rows = []
     baseline = []
+
+    def median_of(cmd, env=None, before=None):
+        runs = []
+        for _ in range(args.repeat):
+            if before:
+                before()
+            runs.append(child_peak_rss_after(cmd, env=env))
+        return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
     for n in args.events:
         base = os.path.join(work, f"e{n}")
         subprocess.run([kiln, "demo", "--dir", base, "--events", str(n)], check=True, stdout=subprocess.DEVNULL)
         raw = os.path.join(base, "raw")
-        for name in NAMES:
+        for name in args.only:
             path = os.path.join(PIPELINES, f"{name}.sql")
             feats = os.path.join(base, "bench-features")
-            shutil.rmtree(feats, ignore_errors=True)
             # Incremental sources would read nothing on a second run: bench a
-            # copy that reads everything, as DuckDB does.
+            # copy that reads everything, as the peers do.
             text = open(path).read().replace("OPTIONS ('incremental' 'true')", "")
             copy = os.path.join(base, f"bench-{name}.sql")
             open(copy, "w").write(text)
@@ -150,26 +166,35 @@ def main():
             kiln_env = dict(os.environ)
             if args.memory_limit:
                 kiln_env["KILN_MEMORY_LIMIT"] = args.memory_limit.upper().removesuffix("B")
-            k_s, k_mb = child_peak_rss_after(run, env=kiln_env)
-            out = os.path.join(base, f"duck-{name}.parquet")
-            d_s, d_mb = child_peak_rss_after(
-                [args.python, "-c", DUCKDB_RUNNER, duckdb_sql(text, raw), out, args.memory_limit]
+            fresh = lambda: shutil.rmtree(feats, ignore_errors=True)
+            k_s, k_mb = median_of(run, env=kiln_env, before=fresh)
+            duck_out = os.path.join(base, f"duck-{name}.parquet")
+            d_s, d_mb = median_of([args.python, "-c", DUCKDB_RUNNER, duckdb_sql(text, raw), duck_out, args.memory_limit])
+            polars_out = os.path.join(base, f"polars-{name}.parquet")
+            p_s, p_mb = median_of([args.python, POLARS_RUNNER, name, raw, polars_out])
+            table = os.path.join(feats, name)
+            agree = {"DuckDB": outputs_agree(table, duck_out), "Polars": outputs_agree(table, polars_out)}
+            agree = "yes" if all(a == "yes" for a in agree.values()) else "; ".join(f"{k}: {v}" for k, v in agree.items())
+            rows.append((name, n, k_s, k_mb, d_s, d_mb, p_s, p_mb, agree))
+            print(
+                f"{name} @ {n}: kiln {k_s:.2f}s {k_mb:.0f} MiB, duckdb {d_s:.2f}s {d_mb:.0f} MiB, "
+                f"polars {p_s:.2f}s {p_mb:.0f} MiB, agree: {agree}",
+                file=sys.stderr,
             )
-            agree = outputs_agree(os.path.join(feats, name), out)
-            rows.append((name, n, k_s, k_mb, d_s, d_mb, agree))
-            print(f"{name} @ {n}: kiln {k_s:.2f}s {k_mb:.0f} MiB, duckdb {d_s:.2f}s {d_mb:.0f} MiB, agree: {agree}", file=sys.stderr)
             if n in args.baseline_events:
-                shutil.rmtree(feats, ignore_errors=True)
                 env = dict(kiln_env, KILN_REWRITES="none")
-                b_s, b_mb = child_peak_rss_after(run, env=env)
+                b_s, b_mb = median_of(run, env=env, before=fresh)
                 baseline.append((name, n, k_s, k_mb, b_s, b_mb))
                 print(f"{name} @ {n}: kiln without rewrites {b_s:.2f}s {b_mb:.0f} MiB", file=sys.stderr)
-    print("| pipeline | events | kiln s | kiln events/s | kiln peak RSS | DuckDB s | DuckDB events/s | DuckDB peak RSS | time kiln/DuckDB | RSS kiln/DuckDB | outputs agree |")
+    print(
+        "| pipeline | events | kiln s | DuckDB s | Polars s | kiln / faster peer | kiln peak RSS | DuckDB peak RSS "
+        "| Polars peak RSS | RSS kiln / lower peer | outputs agree |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for name, n, k_s, k_mb, d_s, d_mb, agree in rows:
+    for name, n, k_s, k_mb, d_s, d_mb, p_s, p_mb, agree in rows:
         print(
-            f"| {name} | {n:,} | {k_s:.2f} | {n / k_s:,.0f} | {k_mb:,.0f} MiB | {d_s:.2f} | {n / d_s:,.0f} | "
-            f"{d_mb:,.0f} MiB | {k_s / d_s:.2f} | {k_mb / d_mb:.2f} | {agree} |"
+            f"| {name} | {n:,} | {k_s:.2f} | {d_s:.2f} | {p_s:.2f} | {k_s / min(d_s, p_s):.2f} | {k_mb:,.0f} MiB "
+            f"| {d_mb:,.0f} MiB | {p_mb:,.0f} MiB | {k_mb / min(d_mb, p_mb):.2f} | {agree} |"
         )
     if baseline:
         print()
@@ -177,7 +202,6 @@ def main():
         print("|---|---:|---:|---:|---:|---:|")
         for name, n, k_s, k_mb, b_s, b_mb in baseline:
             print(f"| {name} | {n:,} | {k_s:.2f} | {k_mb:,.0f} MiB | {b_s:.2f} | {b_mb:,.0f} MiB |")
-
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,120 @@
+"""The sample pipelines written with Python Polars' lazy API, for
+benches/bench.py: each function takes the demo's raw folder and returns a
+LazyFrame with the same rows as the pipeline of the same name in
+pipelines/ (the benchmark checks that they agree).
+
+    python benches/polars_pipelines.py NAME RAW OUT.parquet
+"""
+import sys
+
+import polars as pl
+
+
+def events(raw):
+    # The day=... folders are not read as a column: kiln's tables do not
+    # add one either, and `day` is a name the pipelines compute.
+    return pl.scan_parquet(f"{raw}/events/*/*.parquet", hive_partitioning=False)
+
+
+def users(raw):
+    return pl.scan_parquet(f"{raw}/users/*.parquet")
+
+
+def items(raw):
+    return pl.scan_parquet(f"{raw}/items/*.parquet")
+
+
+DAY = pl.col("event_time").dt.date().alias("day")
+PURCHASE = pl.col("event_type") == "purchase"
+
+
+def user_daily(raw):
+    daily = events(raw).group_by("user_id", DAY).agg(
+        pl.len().alias("events"),
+        pl.col("item_id").n_unique().alias("distinct_items"),
+        pl.col("dwell_ms").mean().alias("avg_dwell_ms"),
+        PURCHASE.sum().alias("purchases"),
+    )
+    return daily.join(users(raw), on="user_id", how="inner").select(
+        "user_id",
+        "day",
+        "events",
+        "distinct_items",
+        "avg_dwell_ms",
+        "purchases",
+        "segment",
+        "country",
+        ((pl.col("events") - pl.col("events").mean()) / pl.col("events").std()).alias("events_zscore"),
+    )
+
+
+def item_daily(raw):
+    joined = events(raw).join(items(raw), on="item_id", how="inner")
+    return joined.group_by("item_id", DAY, "category").agg(
+        (pl.col("event_type") == "view").sum().alias("views"),
+        PURCHASE.sum().alias("purchases"),
+        pl.col("user_id").n_unique().alias("distinct_users"),
+        pl.when(PURCHASE).then(pl.col("price")).otherwise(0.0).sum().alias("revenue"),
+        (PURCHASE.sum().cast(pl.Float64) / pl.len()).alias("conversion_rate"),
+    )
+
+
+def user_trailing_7d(raw):
+    daily = (
+        events(raw)
+        .group_by("user_id", DAY)
+        .agg(
+            pl.len().alias("events"),
+            PURCHASE.sum().alias("purchases"),
+            pl.col("dwell_ms").sum().alias("dwell_ms"),
+        )
+        .sort("user_id", "day")
+    )
+    # (day - 7 days, day]: the day and the six before it.
+    return daily.rolling(index_column="day", period="7d", group_by="user_id").agg(
+        pl.col("events").sum().alias("events_7d"),
+        pl.col("purchases").sum().alias("purchases_7d"),
+        pl.col("dwell_ms").sum().alias("dwell_ms_7d"),
+        pl.len().alias("active_days_7d"),
+    )
+
+
+def event_enriched(raw):
+    enriched = (
+        events(raw)
+        .join(users(raw), on="user_id", how="inner")
+        .join(items(raw), on="item_id", how="inner")
+    )
+    medians = enriched.group_by("category").agg(pl.col("dwell_ms").median().alias("median_dwell_ms"))
+    filled = pl.coalesce("dwell_ms", "median_dwell_ms")
+    return enriched.join(medians, on="category", how="inner", nulls_equal=True).select(
+        "event_id",
+        "user_id",
+        "item_id",
+        "event_type",
+        "event_time",
+        "segment",
+        "country",
+        "category",
+        "price",
+        filled.alias("dwell_ms"),
+        pl.col("dwell_ms").is_null().alias("dwell_imputed"),
+        pl.when(PURCHASE).then(pl.col("price")).otherwise(0.0).alias("revenue"),
+        pl.col("event_time").dt.hour().cast(pl.Int64).alias("hour_of_day"),
+        # Sunday 0 to Saturday 6, as date_part('dow') counts.
+        (pl.col("event_time").dt.weekday() % 7).cast(pl.Int64).alias("day_of_week"),
+        (filled + 1).log().alias("log_dwell"),
+        (filled / pl.col("median_dwell_ms")).alias("dwell_vs_category"),
+    )
+
+
+PIPELINES = {
+    "user_daily": user_daily,
+    "item_daily": item_daily,
+    "user_trailing_7d": user_trailing_7d,
+    "event_enriched": event_enriched,
+}
+
+if __name__ == "__main__":
+    name, raw, out = sys.argv[1:4]
+    PIPELINES[name](raw).sink_parquet(out)
