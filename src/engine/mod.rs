@@ -2,6 +2,7 @@
 //! pipeline against it.
 
 mod distinct;
+mod join_sides;
 mod plan;
 mod range_window;
 mod resources;
@@ -17,6 +18,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use distinct::SplitDistinctAggregates;
+pub use join_sides::BuildOnGroupedSide;
 pub use plan::{PlannedInsert, PlannedPipeline, list_incremental_files, plan_pipeline};
 pub use range_window::{DailyRangeWindows, KilnQueryPlanner};
 pub use resources::{Resources, parse_bytes};
@@ -48,11 +50,27 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
     if rewrite_enabled(&rewrites, "range_window") {
         state = state.with_optimizer_rule(Arc::new(DailyRangeWindows));
     }
+    if rewrite_enabled(&rewrites, "join_sides") {
+        state = with_kiln_physical_rules(state);
+    }
     Ok(SessionContext::new_with_state(state.build()))
 }
 
+/// DataFusion's physical optimizer rules with kiln's [`BuildOnGroupedSide`]
+/// right after `JoinSelection`: it must see the join sides DataFusion chose,
+/// before repartitioning and dynamic filters fix them.
+fn with_kiln_physical_rules(state: SessionStateBuilder) -> SessionStateBuilder {
+    let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+    let after = rules
+        .iter()
+        .position(|r| r.name() == "join_selection")
+        .map_or(0, |i| i + 1);
+    rules.insert(after, Arc::new(BuildOnGroupedSide));
+    state.with_physical_optimizer_rules(rules)
+}
+
 /// `KILN_REWRITES`: `all` (the default), `none`, or a comma-separated list
-/// of `distinct`, `range_window`. A switch for benchmarks and for ruling
+/// of `distinct`, `range_window`, `join_sides`. A switch for benchmarks and for ruling
 /// kiln's rewrites in or out when a result looks wrong.
 fn rewrite_enabled(setting: &str, rule: &str) -> bool {
     match setting.trim() {
