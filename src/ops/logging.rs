@@ -19,11 +19,12 @@ pub enum LogFormat {
 /// Install the global subscriber. `RUST_LOG` (or `KILN_LOG`) sets the level;
 /// the default shows warnings and errors only, so command output stays clean.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("KILN_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        // The Delta kernel logs, as errors, conditions kiln reports itself
-        // with more context (a version that does not exist, say).
-        .unwrap_or_else(|_| EnvFilter::new("warn,buoyant_kernel=off"));
+    let filter = EnvFilter::new(directives(
+        std::env::var("KILN_LOG")
+            .or_else(|_| std::env::var("RUST_LOG"))
+            .ok()
+            .as_deref(),
+    ));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -41,4 +42,31 @@ pub fn init(format: LogFormat) {
     } else {
         builder.with_target(false).try_init()
     };
+}
+
+/// The filter for a `KILN_LOG` (or `RUST_LOG`) setting. The Delta kernel
+/// logs, as errors, conditions kiln reports itself with more context (a
+/// version that does not exist, say), and at info a line per snapshot it
+/// reads: it stays off unless the setting names it.
+fn directives(setting: Option<&str>) -> String {
+    match setting.map(str::trim) {
+        None | Some("") => "warn,buoyant_kernel=off".to_string(),
+        Some(s) if s.contains("buoyant_kernel") => s.to_string(),
+        Some(s) => format!("{s},buoyant_kernel=off"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::directives;
+
+    #[test]
+    fn the_delta_kernel_is_quiet_unless_asked_for() {
+        assert_eq!(directives(None), "warn,buoyant_kernel=off");
+        assert_eq!(directives(Some("info")), "info,buoyant_kernel=off");
+        assert_eq!(
+            directives(Some("debug,buoyant_kernel=info")),
+            "debug,buoyant_kernel=info"
+        );
+    }
 }
