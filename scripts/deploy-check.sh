@@ -59,8 +59,9 @@ for target in overlays/cpu overlays/gpu .check/components; do
       fail "$target has a kind with no schema for Kubernetes $v"
     fi
   done
-  for kind in ScaledObject ServiceMonitor; do
-    schema="deploy/schemas/$(tr '[:upper:]' '[:lower:]' <<<"$kind" | sed 's/scaledobject/keda-scaledobject-v1alpha1/; s/servicemonitor/servicemonitor-v1/').json"
+  for pair in ScaledObject:keda-scaledobject-v1alpha1 ServiceMonitor:servicemonitor-v1; do
+    kind=${pair%%:*}
+    schema="deploy/schemas/${pair#*:}.json"
     "$py" - "$work/$name/$kind.json" "$work/$name/$kind" <<'EOF'
 import json, sys
 for i, d in enumerate(json.load(open(sys.argv[1]))):

@@ -28,7 +28,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v objcopy >/dev/null || need_apt+=(binutils)
 # Containers for the deploy checks (scripts/deploy-check.sh). runc, named:
 # without recommends apt picks crun, which fails on hybrid cgroups.
-command -v podman >/dev/null || need_apt+=(podman runc catatonit containernetworking-plugins buildah skopeo)
+for tool in podman runc catatonit buildah skopeo; do
+  command -v "$tool" >/dev/null || need_apt+=("$tool")
+done
+[ -d /usr/lib/cni ] || need_apt+=(containernetworking-plugins)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

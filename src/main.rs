@@ -76,8 +76,9 @@ enum Command {
         #[command(flatten)]
         events: EventArgs,
         /// Serve /metrics, /healthz and /readyz on HOST:PORT while the run lasts.
-        #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT", value_parser = ListenAddr::parse)]
-        metrics_addr: Option<ListenAddr>,
+        #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT", default_value = "none",
+              value_parser = ListenAddr::parse)]
+        metrics_addr: ListenAddr,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -114,10 +115,8 @@ enum Command {
         pipeline: Option<String>,
         #[command(flatten)]
         events: EventArgs,
-        /// Serve /metrics, /healthz and /readyz on HOST:PORT (`none`: do not).
-        #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT",
-              default_value = kiln::ops::server::DEFAULT_ADDR, value_parser = ListenAddr::parse)]
-        metrics_addr: ListenAddr,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
         /// `text`: a line per committed batch; `json`: a JSON object per line.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -149,10 +148,8 @@ enum Command {
         /// CloudEvent on this topic (the same brokers and settings).
         #[arg(long, value_name = "kafka://TOPIC", value_parser = parse_kafka_topic)]
         events: Option<String>,
-        /// Serve /metrics, /healthz and /readyz on HOST:PORT (`none`: do not).
-        #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT",
-              default_value = kiln::ops::server::DEFAULT_ADDR, value_parser = ListenAddr::parse)]
-        metrics_addr: ListenAddr,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
         /// `text`: a line per trigger; `json`: a JSON object per line.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -261,6 +258,15 @@ impl KafkaArgs {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ClientSettings::from_env(self.brokers.as_deref(), &properties))
     }
+}
+
+/// The operations endpoints of a long-running command.
+#[derive(clap::Args)]
+struct EndpointArgs {
+    /// Serve /metrics, /healthz and /readyz on HOST:PORT (`none`: do not).
+    #[arg(long, env = "KILN_METRICS_ADDR", value_name = "HOST:PORT",
+          default_value = kiln::ops::server::DEFAULT_ADDR, value_parser = ListenAddr::parse)]
+    metrics_addr: ListenAddr,
 }
 
 /// `--events kafka://TOPIC` for `run` and `stream`, with the Kafka settings
@@ -403,10 +409,7 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             metrics_addr,
             output,
         } => {
-            let _endpoints = match metrics_addr {
-                Some(addr) => addr.serve().await?,
-                None => None,
-            };
+            let _endpoints = metrics_addr.serve().await?;
             let events = Events::to_kafka(
                 &events.kafka.settings().map_err(KilnError::Usage)?,
                 events.topic.as_deref(),
@@ -448,10 +451,10 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             trigger,
             pipeline,
             events,
-            metrics_addr,
+            endpoints,
             output,
         } => {
-            let _endpoints = metrics_addr.serve().await?;
+            let _endpoints = endpoints.metrics_addr.serve().await?;
             if !allocator::tune_for_streaming() {
                 tracing::debug!("allocator thresholds left at their defaults");
             }
@@ -505,10 +508,10 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
             concurrency,
             shutdown_timeout,
             events,
-            metrics_addr,
+            endpoints,
             output,
         } => {
-            let _endpoints = metrics_addr.serve().await?;
+            let _endpoints = endpoints.metrics_addr.serve().await?;
             let options = run::WorkerOptions {
                 topic: triggers,
                 pipelines,

@@ -22,17 +22,12 @@ pub(crate) const POLL_ALLOWANCE: Duration = Duration::from_secs(600);
 struct State {
     /// Per loop: when it last turned, and how long it may go without.
     loops: BTreeMap<&'static str, (Instant, Duration)>,
-    /// Whether the process is a consumer-group member (stream, worker).
-    group: Option<Group>,
+    /// For a consumer-group member (stream, worker): whether it has joined.
+    joined: Option<bool>,
     /// From the last statistics of a Kafka client: whether a broker was up.
     broker_up: Option<bool>,
     /// Why the last commit failed, when it did.
     commit_failure: Option<String>,
-}
-
-#[derive(Default)]
-struct Group {
-    joined: bool,
 }
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(Mutex::default);
@@ -56,13 +51,13 @@ pub(crate) fn stopped(name: &'static str) {
 
 /// The process is to join a consumer group: not ready until it has.
 pub(crate) fn expect_group() {
-    state().group.get_or_insert_with(Group::default);
+    state().joined.get_or_insert(false);
 }
 
 /// The consumer group gave this process its first assignment (which may
 /// hold no partitions: more workers than partitions).
 pub(crate) fn joined_group() {
-    state().group.get_or_insert_with(Group::default).joined = true;
+    state().joined = Some(true);
 }
 
 /// A Kafka client's statistics: is any broker connection up?
@@ -102,14 +97,16 @@ pub fn readiness() -> Result<(), String> {
     liveness()?;
     let state = state();
     let mut why = Vec::new();
-    if let Some(group) = &state.group {
-        if !group.joined {
-            why.push("not yet a member of its consumer group".to_string());
-        }
-        if state.broker_up != Some(true) {
-            why.push("no Kafka broker connection is up".to_string());
-        }
-    } else if state.broker_up == Some(false) {
+    if state.joined == Some(false) {
+        why.push("not yet a member of its consumer group".to_string());
+    }
+    // A group member must have seen a broker up; anything else must not
+    // have seen them all down.
+    let broker_missing = match state.joined {
+        Some(_) => state.broker_up != Some(true),
+        None => state.broker_up == Some(false),
+    };
+    if broker_missing {
         why.push("no Kafka broker connection is up".to_string());
     }
     if let Some(failure) = &state.commit_failure {

@@ -6,15 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::common::*;
 use crate::kafka::{Record, broker, new_topic, produce};
-use crate::stream::{Membership, pipeline, records, signal, start_stream, wait_for_rows};
+use crate::stream::{Membership, pipeline, records, signal, start_stream, stop, wait_for_rows};
 
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
@@ -121,24 +120,6 @@ fn wait_for_metrics(
     }
 }
 
-/// SIGTERM, then the time it took to exit 0.
-fn stop_timed(mut child: Child, dir: &Path, log: &str) -> Duration {
-    let asked = Instant::now();
-    signal(&child, "-TERM");
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let err = std::fs::read_to_string(dir.join(format!("{log}.err"))).unwrap_or_default();
-            assert!(status.success(), "exited {status} after SIGTERM:\n{err}");
-            return asked.elapsed();
-        }
-        if asked.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("did not exit within 60 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn stream_serves_probes_metrics_and_json_logs() {
     let brokers = broker();
@@ -212,7 +193,7 @@ fn stream_serves_probes_metrics_and_json_logs() {
     assert!(m("kiln_memory_pool_reserved_bytes", &[]).is_some());
     assert!(m("kiln_spill_bytes", &[]).is_some());
 
-    let took = stop_timed(worker, d, "s");
+    let took = stop(worker, d, "s");
     assert!(took < Duration::from_secs(10), "stopped {took:?} after SIGTERM");
 
     // Every log line is JSON; those of a batch carry its pipeline and run
@@ -332,16 +313,15 @@ fn worker_serves_probes_and_trigger_metrics() {
         sample(&samples, "kiln_running_pipelines", &[("pipeline", "daily")]),
         Some(0.0)
     );
-    let lag = wait_for_metrics(port, Duration::from_secs(30), |s| {
+    wait_for_metrics(port, Duration::from_secs(30), |s| {
         sample(
             s,
             "kiln_consumer_lag",
             &[("group", group.as_str()), ("topic", topic.as_str())],
         ) == Some(0.0)
     });
-    assert!(!lag.is_empty());
     assert_eq!(http_get(port, "/healthz").map(|(s, _)| s), Some(200));
-    let took = stop_timed(worker, d, "w");
+    let took = stop(worker, d, "w");
     assert!(took < Duration::from_secs(10), "stopped {took:?} after SIGTERM");
 }
 

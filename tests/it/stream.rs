@@ -117,8 +117,9 @@ pub fn wait_for_rows(dir: &Path, rows: u64, limit: Duration) {
     }
 }
 
-/// Stop with SIGTERM; it must exit 0 on its own.
-pub fn stop(mut child: Child, dir: &Path, log: &str) {
+/// Stop with SIGTERM; it must exit 0 on its own. How long it took.
+pub fn stop(mut child: Child, dir: &Path, log: &str) -> Duration {
+    let asked = Instant::now();
     signal(&child, "-TERM");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -128,7 +129,7 @@ pub fn stop(mut child: Child, dir: &Path, log: &str) {
                 status.success(),
                 "kiln stream exited {status} after SIGTERM:\n{err}"
             );
-            return;
+            return asked.elapsed();
         }
         assert!(
             Instant::now() < deadline,
