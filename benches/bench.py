@@ -36,19 +36,20 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PIPELINES = os.path.join(HERE, "..", "pipelines")
-NAMES = ["user_daily", "item_daily", "user_trailing_7d", "event_enriched"]
+NAMES = ["user_daily", "item_daily", "user_trailing_7d", "event_enriched", "activity_totals"]
 POLARS_RUNNER = os.path.join(HERE, "polars_pipelines.py")
 
 DUCKDB_RUNNER = r"""
 import duckdb, sys
-sql, out, limit = sys.argv[1], sys.argv[2], sys.argv[3]
+sql, out, limit, targets = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
 if limit:
     con.execute(f"SET memory_limit = '{limit}'")
 con.execute("SET preserve_insertion_order = false")
 con.execute(sql)
-con.execute(f"COPY (SELECT * FROM result) TO '{out}' (FORMAT PARQUET)")
+for t in targets:
+    con.execute(f"COPY (SELECT * FROM result_{t}) TO '{out}/{t}.parquet' (FORMAT PARQUET)")
 """
 
 
@@ -97,11 +98,13 @@ def child_peak_rss_after(cmd, env=None):
 
 
 def duckdb_sql(pipeline_text, raw):
-    """The pipeline's SELECT, with its sources as DuckDB views."""
+    """The pipeline's SELECTs as tables result_TARGET, with its sources as
+    DuckDB views; and the targets, in order."""
     text = re.sub(r"--[^\n]*", "", pipeline_text)
     stmts = [s.strip() for s in text.split(";") if s.strip()]
     views = []
-    query = None
+    tables = []
+    targets = []
     for s in stmts:
         m = re.match(r"CREATE EXTERNAL TABLE (\w+).*?STORED AS (\w+)\s+LOCATION '([^']+)'", s, re.S | re.I)
         if m and m.group(2).upper() == "PARQUET":
@@ -111,8 +114,11 @@ def duckdb_sql(pipeline_text, raw):
                 f"CREATE VIEW {m.group(1)} AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true)"
             )
         elif s.upper().startswith("INSERT INTO"):
+            target = re.match(r"INSERT INTO (\w+)", s, re.I).group(1)
             query = re.sub(r"^INSERT INTO \w+\s*", "", s, flags=re.I)
-    return ";\n".join(views + [f"CREATE TABLE result AS {query}"])
+            tables.append(f"CREATE TABLE result_{target} AS {query}")
+            targets.append(target)
+    return ";\n".join(views + tables), targets
 
 
 def main():
@@ -136,11 +142,17 @@ def main():
     )
     ap.add_argument("--repeat", type=int, default=2, help="runs per engine and pipeline; the median is reported")
     ap.add_argument("--only", nargs="*", default=NAMES, help="the pipelines to run")
+    ap.add_argument(
+        "--kiln-only",
+        action="store_true",
+        help="run kiln alone (sizes the peers cannot hold in memory, with --memory-limit)",
+    )
     args = ap.parse_args()
     kiln = os.path.abspath(args.kiln)
     work = args.dir or tempfile.mkdtemp(prefix="kiln-bench-")
     rows = []
     baseline = []
+    alone = []
 
     def median_of(cmd, env=None, before=None):
         runs = []
@@ -152,7 +164,12 @@ def main():
 
     for n in args.events:
         base = os.path.join(work, f"e{n}")
-        subprocess.run([kiln, "demo", "--dir", base, "--events", str(n)], check=True, stdout=subprocess.DEVNULL)
+        demo_env = dict(os.environ)
+        if args.memory_limit:
+            demo_env["KILN_MEMORY_LIMIT"] = args.memory_limit.upper().removesuffix("B")
+        subprocess.run(
+            [kiln, "demo", "--dir", base, "--events", str(n)], check=True, stdout=subprocess.DEVNULL, env=demo_env
+        )
         raw = os.path.join(base, "raw")
         for name in args.only:
             path = os.path.join(PIPELINES, f"{name}.sql")
@@ -168,13 +185,25 @@ def main():
                 kiln_env["KILN_MEMORY_LIMIT"] = args.memory_limit.upper().removesuffix("B")
             fresh = lambda: shutil.rmtree(feats, ignore_errors=True)
             k_s, k_mb = median_of(run, env=kiln_env, before=fresh)
-            duck_out = os.path.join(base, f"duck-{name}.parquet")
-            d_s, d_mb = median_of([args.python, "-c", DUCKDB_RUNNER, duckdb_sql(text, raw), duck_out, args.memory_limit])
-            polars_out = os.path.join(base, f"polars-{name}.parquet")
+            if args.kiln_only:
+                alone.append((name, n, k_s, k_mb))
+                print(f"{name} @ {n}: kiln {k_s:.2f}s {k_mb:.0f} MiB", file=sys.stderr)
+                continue
+            sql, targets = duckdb_sql(text, raw)
+            duck_out = os.path.join(base, f"duck-{name}")
+            polars_out = os.path.join(base, f"polars-{name}")
+            for d in (duck_out, polars_out):
+                os.makedirs(d, exist_ok=True)
+            d_s, d_mb = median_of([args.python, "-c", DUCKDB_RUNNER, sql, duck_out, args.memory_limit, ",".join(targets)])
             p_s, p_mb = median_of([args.python, POLARS_RUNNER, name, raw, polars_out])
-            table = os.path.join(feats, name)
-            agree = {"DuckDB": outputs_agree(table, duck_out), "Polars": outputs_agree(table, polars_out)}
-            agree = "yes" if all(a == "yes" for a in agree.values()) else "; ".join(f"{k}: {v}" for k, v in agree.items())
+            disagree = []
+            for t in targets:
+                table = os.path.join(feats, t)
+                for peer, out in (("DuckDB", duck_out), ("Polars", polars_out)):
+                    verdict = outputs_agree(table, os.path.join(out, f"{t}.parquet"))
+                    if verdict != "yes":
+                        disagree.append(f"{peer} {t}: {verdict}")
+            agree = "; ".join(disagree) or "yes"
             rows.append((name, n, k_s, k_mb, d_s, d_mb, p_s, p_mb, agree))
             print(
                 f"{name} @ {n}: kiln {k_s:.2f}s {k_mb:.0f} MiB, duckdb {d_s:.2f}s {d_mb:.0f} MiB, "
@@ -186,6 +215,13 @@ def main():
                 b_s, b_mb = median_of(run, env=env, before=fresh)
                 baseline.append((name, n, k_s, k_mb, b_s, b_mb))
                 print(f"{name} @ {n}: kiln without rewrites {b_s:.2f}s {b_mb:.0f} MiB", file=sys.stderr)
+    if alone:
+        limit = args.memory_limit or "none"
+        print("| pipeline | events | KILN_MEMORY_LIMIT | kiln s | kiln peak RSS |")
+        print("|---|---:|---:|---:|---:|")
+        for name, n, k_s, k_mb in alone:
+            print(f"| {name} | {n:,} | {limit} | {k_s:.2f} | {k_mb:,.0f} MiB |")
+        return
     print(
         "| pipeline | events | kiln s | DuckDB s | Polars s | kiln / faster peer | kiln peak RSS | DuckDB peak RSS "
         "| Polars peak RSS | RSS kiln / lower peer | outputs agree |"

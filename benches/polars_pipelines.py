@@ -1,9 +1,13 @@
 """The sample pipelines written with Python Polars' lazy API, for
 benches/bench.py: each function takes the demo's raw folder and returns a
 LazyFrame with the same rows as the pipeline of the same name in
-pipelines/ (the benchmark checks that they agree).
+pipelines/ (the benchmark checks that they agree), or, for a pipeline with
+several INSERTs, a dict of them by feature set. Those are run together
+(`collect_all`), so Polars shares their common scans.
 
-    python benches/polars_pipelines.py NAME RAW OUT.parquet
+    python benches/polars_pipelines.py NAME RAW OUT_DIR
+
+writes OUT_DIR/FEATURE_SET.parquet for each.
 """
 import sys
 
@@ -108,13 +112,43 @@ def event_enriched(raw):
     )
 
 
+def activity_totals(raw):
+    revenue = pl.when(PURCHASE).then(pl.col("price")).otherwise(0.0).sum().alias("revenue")
+    with_items = events(raw).join(items(raw), on="item_id", how="inner")
+    user_totals = with_items.group_by("user_id").agg(
+        pl.len().alias("events"),
+        PURCHASE.sum().alias("purchases"),
+        revenue,
+        pl.col("dwell_ms").mean().alias("avg_dwell_ms"),
+        pl.col("event_time").min().alias("first_seen"),
+        pl.col("event_time").max().alias("last_seen"),
+    )
+    item_totals = events(raw).group_by("item_id").agg(
+        pl.len().alias("events"),
+        (pl.col("event_type") == "view").sum().alias("views"),
+        PURCHASE.sum().alias("purchases"),
+        pl.col("dwell_ms").mean().alias("avg_dwell_ms"),
+        pl.col("event_time").max().alias("last_seen"),
+    )
+    category_hourly = with_items.group_by("category", pl.col("event_time").dt.hour().cast(pl.Int64).alias("hour_of_day")).agg(
+        pl.len().alias("events"),
+        pl.col("user_id").n_unique().alias("users"),
+        revenue,
+    )
+    return {"user_totals": user_totals, "item_totals": item_totals, "category_hourly": category_hourly}
+
+
 PIPELINES = {
     "user_daily": user_daily,
     "item_daily": item_daily,
     "user_trailing_7d": user_trailing_7d,
     "event_enriched": event_enriched,
+    "activity_totals": activity_totals,
 }
 
 if __name__ == "__main__":
     name, raw, out = sys.argv[1:4]
-    PIPELINES[name](raw).sink_parquet(out)
+    frames = PIPELINES[name](raw)
+    if not isinstance(frames, dict):
+        frames = {name: frames}
+    pl.collect_all([lf.sink_parquet(f"{out}/{t}.parquet", lazy=True) for t, lf in frames.items()])

@@ -133,7 +133,7 @@ mod tests {
             .with_config(SessionConfig::new().with_target_partitions(2).with_batch_size(16))
             .with_default_features();
         if rule {
-            state = with_kiln_physical_rules(state);
+            state = with_kiln_physical_rules(state, true, false);
         }
         let ctx = SessionContext::new_with_state(state.build());
         let n = 500;

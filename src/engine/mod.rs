@@ -1,6 +1,7 @@
 //! The DataFusion session kiln runs a pipeline in, and the planning of a
 //! pipeline against it.
 
+mod count_distinct;
 mod distinct;
 mod join_sides;
 mod plan;
@@ -17,6 +18,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+pub use count_distinct::{CountDistinctStrings, GroupedCountDistinct, SingleStageCountDistinct};
 pub use distinct::SplitDistinctAggregates;
 pub use join_sides::BuildOnGroupedSide;
 pub use plan::{PlannedInsert, PlannedPipeline, list_incremental_files, plan_pipeline};
@@ -25,7 +27,10 @@ pub use resources::{Resources, parse_bytes};
 
 /// One session per run, sized to the container.
 pub fn session(resources: &Resources) -> Result<SessionContext> {
-    let mut config = SessionConfig::new()
+    // DataFusion's own options can be set as `DATAFUSION_*` variables (for
+    // example `DATAFUSION_EXECUTION_BATCH_SIZE`); the parallelism is the
+    // container's.
+    let mut config = SessionConfig::from_env()?
         .with_target_partitions(resources.target_partitions)
         .with_information_schema(true);
     // Column positions in planning errors, for `file:line:col` messages.
@@ -44,33 +49,51 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
         .with_query_planner(Arc::new(KilnQueryPlanner));
     // Where DataFusion's defaults lose to peers on feature workloads.
     let rewrites = std::env::var("KILN_REWRITES").unwrap_or_else(|_| "all".to_string());
+    // Before the split below, which it leaves only the DISTINCT aggregates
+    // it does not handle.
+    if rewrite_enabled(&rewrites, "count_distinct") {
+        state = state.with_optimizer_rule(Arc::new(GroupedCountDistinct));
+    }
     if rewrite_enabled(&rewrites, "distinct") {
         state = state.with_optimizer_rule(Arc::new(SplitDistinctAggregates));
     }
     if rewrite_enabled(&rewrites, "range_window") {
         state = state.with_optimizer_rule(Arc::new(DailyRangeWindows));
     }
-    if rewrite_enabled(&rewrites, "join_sides") {
-        state = with_kiln_physical_rules(state);
-    }
+    state = with_kiln_physical_rules(
+        state,
+        rewrite_enabled(&rewrites, "join_sides"),
+        rewrite_enabled(&rewrites, "count_distinct"),
+    );
     Ok(SessionContext::new_with_state(state.build()))
 }
 
-/// DataFusion's physical optimizer rules with kiln's [`BuildOnGroupedSide`]
-/// right after `JoinSelection`: it must see the join sides DataFusion chose,
-/// before repartitioning and dynamic filters fix them.
-fn with_kiln_physical_rules(state: SessionStateBuilder) -> SessionStateBuilder {
+/// DataFusion's physical optimizer rules with kiln's right after
+/// `JoinSelection`: [`BuildOnGroupedSide`] must see the join sides
+/// DataFusion chose, and [`SingleStageCountDistinct`] the aggregates' two
+/// stages, before `EnforceDistribution` fixes how rows are partitioned.
+pub(crate) fn with_kiln_physical_rules(
+    state: SessionStateBuilder,
+    join_sides: bool,
+    count_distinct: bool,
+) -> SessionStateBuilder {
     let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
-    let after = rules
+    let mut at = rules
         .iter()
         .position(|r| r.name() == "join_selection")
         .map_or(0, |i| i + 1);
-    rules.insert(after, Arc::new(BuildOnGroupedSide));
+    if join_sides {
+        rules.insert(at, Arc::new(BuildOnGroupedSide));
+        at += 1;
+    }
+    if count_distinct {
+        rules.insert(at, Arc::new(SingleStageCountDistinct));
+    }
     state.with_physical_optimizer_rules(rules)
 }
 
 /// `KILN_REWRITES`: `all` (the default), `none`, or a comma-separated list
-/// of `distinct`, `range_window`, `join_sides`. A switch for benchmarks and for ruling
+/// of `count_distinct`, `distinct`, `range_window`, `join_sides`. A switch for benchmarks and for ruling
 /// kiln's rewrites in or out when a result looks wrong.
 fn rewrite_enabled(setting: &str, rule: &str) -> bool {
     match setting.trim() {

@@ -27,6 +27,7 @@ pub struct PlannedSource {
 }
 
 /// One INSERT, ready to execute.
+#[derive(Clone)]
 pub struct PlannedInsert {
     pub feature_set: FeatureSetDecl,
     pub df: DataFrame,

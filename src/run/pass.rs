@@ -2,8 +2,11 @@
 //! commit its dead letters and feature sets, each checked by the ledger.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 
 use super::progress::Progress;
@@ -12,6 +15,7 @@ use crate::engine::{self, PlannedInsert, PlannedPipeline};
 use crate::error::{Context, Fault, KilnError, Result};
 use crate::featureset::{
     self, FileWriter, InputFile, Lineage, LostRange, OpenTables, StagedWrite, StatsCollector, WriteBuffers,
+    WrittenFiles,
 };
 use crate::ledger::{self, ReadInput};
 use crate::ops::{health, metrics};
@@ -112,21 +116,49 @@ async fn run_pass(
         .collect();
 
     let progress = Progress::new(options.progress);
-    let mut written = Vec::new();
+    let names: Vec<&str> = planned
+        .inserts
+        .iter()
+        .map(|i| i.feature_set.name.as_str())
+        .collect();
+    progress.start(&names.join(", "));
+    // Each INSERT is planned in turn, which is when its file sources record
+    // the files it reads (its lineage and ledger entries), then they all
+    // run at once. Streamed Kafka ranges are the exception: every query
+    // reading a range must stop where the first stopped (see
+    // `RangeFetch::outcome`), so those INSERTs run one after another.
+    let concurrent = !pass.reads.iter().any(|r| r.streamed);
+    let share = if concurrent {
+        planned.inserts.len().max(1)
+    } else {
+        1
+    };
+    let buffers = WriteBuffers::within(options.resources.buffer_bytes / 2 / share);
+    let mut runs = Vec::new();
     for (insert, (stmt, _)) in planned.inserts.iter().zip(pipeline.inserts()) {
-        progress.start(&insert.feature_set.name);
-        let buffers = WriteBuffers::within(options.resources.buffer_bytes / 2);
-        let mut writer = FileWriter::open(
-            &insert.feature_set.location,
-            insert.target_schema.clone(),
-            tables,
-            buffers,
-        )
-        .await?;
-        let stats = execute(insert, &progress, Some(&mut writer))
-            .await
-            .map_err(|e| with_place(pipeline.problem(stmt, "while running this INSERT").to_string(), e))?;
-        written.push((insert, writer.finish().await?, stats, files_read(&planned)));
+        let place = || pipeline.problem(stmt, "while running this INSERT").to_string();
+        let plan = physical_plan(insert).await.map_err(|e| with_place(place(), e))?;
+        runs.push((plan, files_read(&planned), place()));
+    }
+    let mut written = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (insert, (plan, inputs, place))) in planned.inserts.iter().zip(runs).enumerate() {
+        let job = write_insert(insert.clone(), plan, tables.clone(), buffers, progress.clone());
+        if concurrent {
+            tasks.spawn(async move { (i, job.await.map_err(|e| with_place(place, e))) });
+            written.push((insert, WrittenFiles::default(), Vec::new(), inputs));
+        } else {
+            let (files, stats) = job.await.map_err(|e| with_place(place, e))?;
+            written.push((insert, files, stats, inputs));
+        }
+    }
+    // The first INSERT to fail stops the others (dropping the set aborts
+    // them); their files are in no version.
+    while let Some(joined) = tasks.join_next().await {
+        let (i, outcome) = joined.map_err(|e| KilnError::Run(format!("an INSERT's task ended: {e}")))?;
+        let (files, stats) = outcome?;
+        written[i].1 = files;
+        written[i].2 = stats;
     }
     progress.finish();
     // Every INSERT has run: what each streamed range held is known now.
@@ -439,19 +471,57 @@ fn with_place(place: String, e: KilnError) -> KilnError {
     }
 }
 
+/// One INSERT's query as an execution plan, with the context to run it in.
+async fn physical_plan(insert: &PlannedInsert) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
+    let task = Arc::new(insert.df.task_ctx());
+    let plan = insert
+        .df
+        .clone()
+        .create_physical_plan()
+        .await
+        .context(|| format!("planning the query for '{}'", insert.feature_set.name))?;
+    Ok((plan, task))
+}
+
+/// Run one INSERT's plan into new data files of its feature set.
+async fn write_insert(
+    insert: PlannedInsert,
+    (plan, task): (Arc<dyn ExecutionPlan>, Arc<TaskContext>),
+    tables: OpenTables,
+    buffers: WriteBuffers,
+    progress: Progress,
+) -> Result<(WrittenFiles, Vec<featureset::ColumnStats>)> {
+    let mut writer = FileWriter::open(
+        &insert.feature_set.location,
+        insert.target_schema.clone(),
+        &tables,
+        buffers,
+    )
+    .await?;
+    let stats = execute_plan(&insert, plan, task, &progress, Some(&mut writer)).await?;
+    Ok((writer.finish().await?, stats))
+}
+
 /// Run one INSERT's query to completion, its rows in storable form into
 /// `writer` (none: only to see whether it fails); returns the statistics
 /// of its columns.
 pub(super) async fn execute(
     insert: &PlannedInsert,
     progress: &Progress,
+    writer: Option<&mut FileWriter>,
+) -> Result<Vec<featureset::ColumnStats>> {
+    let (plan, task) = physical_plan(insert).await?;
+    execute_plan(insert, plan, task, progress, writer).await
+}
+
+async fn execute_plan(
+    insert: &PlannedInsert,
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    progress: &Progress,
     mut writer: Option<&mut FileWriter>,
 ) -> Result<Vec<featureset::ColumnStats>> {
-    let mut stream = insert
-        .df
-        .clone()
-        .execute_stream()
-        .await
+    let mut stream = datafusion::physical_plan::execute_stream(plan, task)
         .context(|| format!("planning the query for '{}'", insert.feature_set.name))?;
     let mut stats = StatsCollector::new(&insert.target_schema);
     while let Some(batch) = stream.next().await {

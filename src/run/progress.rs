@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+#[derive(Clone)]
 pub struct Progress {
     bar: Option<ProgressBar>,
 }

@@ -94,26 +94,10 @@ print(json.dumps({
     ).fetchone()[0],
 }))
 "#;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    kiln(d, &["demo", "--dir", "demo", "--events", "20000"]).ok();
-    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/event_enriched.sql");
-    let raw = d.join("demo/raw").display().to_string();
-    let features = d.join("features").display().to_string();
-    kiln(
-        d,
-        &[
-            "run",
-            sql,
-            "--set",
-            &format!("RAW={raw}"),
-            "--set",
-            &format!("FEATURES={features}"),
-        ],
-    )
-    .ok();
-    let table = d.join("features/event_enriched").display().to_string();
-    let got = python_json(CHECK, &[&raw, &table], &[]);
+    let sample = run_sample("event_enriched");
+    let (raw, features) = (&sample.raw, &sample.features);
+    let table = format!("{features}/event_enriched");
+    let got = python_json(CHECK, &[raw, &table], &[]);
     assert_eq!(got["rows"], 20000, "{got}");
     assert_eq!(got["events"], 20000, "{got}");
     assert_eq!(got["distinct_ids"], 20000, "{got}");
@@ -121,4 +105,130 @@ print(json.dumps({
     // About 3% of the demo's events have no dwell time.
     let imputed = got["imputed"].as_u64().unwrap();
     assert!((200..1200).contains(&imputed), "{got}");
+}
+
+/// `pipelines/activity_totals.sql`: three INSERTs over shared sources, run
+/// at once and committed each, every feature set equal to DuckDB's answer
+/// over the same files, and each version's lineage naming the sources its
+/// own query read.
+#[test]
+fn the_multi_insert_sample_pipeline_agrees_with_duckdb() {
+    const CHECK: &str = r#"
+import json, os, sys
+import duckdb
+from deltalake import DeltaTable
+raw, features = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+con.execute(f"CREATE VIEW e AS SELECT * FROM read_parquet('{raw}/events/*/*.parquet', hive_partitioning = false)")
+con.execute(f"CREATE VIEW i AS SELECT * FROM read_parquet('{raw}/items/*.parquet')")
+want = {
+    "user_totals": ("user_id", """SELECT e.user_id, count(*) AS events,
+        count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+        sum(CASE WHEN event_type = 'purchase' THEN price ELSE 0 END) AS revenue,
+        avg(dwell_ms) AS avg_dwell_ms, min(event_time) AS first_seen, max(event_time) AS last_seen
+        FROM e JOIN i USING (item_id) GROUP BY e.user_id"""),
+    "item_totals": ("item_id", """SELECT item_id, count(*) AS events,
+        count(*) FILTER (WHERE event_type = 'view') AS views,
+        count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+        avg(dwell_ms) AS avg_dwell_ms, max(event_time) AS last_seen
+        FROM e GROUP BY item_id"""),
+    "category_hourly": ("category, hour_of_day", """SELECT category,
+        CAST(date_part('hour', event_time) AS BIGINT) AS hour_of_day, count(*) AS events,
+        count(DISTINCT user_id) AS users,
+        sum(CASE WHEN event_type = 'purchase' THEN price ELSE 0 END) AS revenue
+        FROM e JOIN i USING (item_id) GROUP BY 1, 2"""),
+}
+out = {}
+for name, (key, sql) in want.items():
+    con.register(f"k_{name}", DeltaTable(os.path.join(features, name)).to_pyarrow_table())
+    con.execute(f"CREATE TABLE w_{name} AS {sql}")
+    probe = con.execute(f"SELECT * FROM w_{name} LIMIT 0")
+    cols = [c[0] for c in probe.description]
+    probe.fetchall()
+    differs = " OR ".join(
+        f"(k.{c} IS DISTINCT FROM w.{c} AND NOT (abs(k.{c} - w.{c}) <= 1e-9 * greatest(1, abs(w.{c}))))"
+        if c in ("revenue", "avg_dwell_ms") else f"k.{c} IS DISTINCT FROM w.{c}"
+        for c in cols
+    )
+    keys = [k.strip() for k in key.split(",")]
+    on = " AND ".join(f"k.{k} = w.{k}" for k in keys)
+    out[name] = {
+        "rows": con.execute(f"SELECT count(*) FROM k_{name}").fetchall()[0][0],
+        "want": con.execute(f"SELECT count(*) FROM w_{name}").fetchall()[0][0],
+        "mismatches": con.execute(
+            f"SELECT count(*) FROM k_{name} k FULL JOIN w_{name} w ON {on} WHERE {differs}"
+        ).fetchall()[0][0],
+    }
+print(json.dumps(out))
+os._exit(0)
+"#;
+    let sample = run_sample("activity_totals");
+    let (raw, features, run) = (&sample.raw, &sample.features, &sample.summary);
+    let sets = run["feature_sets"].as_array().unwrap();
+    let names: Vec<&str> = sets.iter().map(|s| s["feature_set"].as_str().unwrap()).collect();
+    assert_eq!(names, ["user_totals", "item_totals", "category_hourly"], "{run}");
+    assert!(sets.iter().all(|s| s["version"] == 0), "{run}");
+
+    let got = python_json(CHECK, &[raw, features], &[]);
+    for name in names {
+        let g = &got[name];
+        assert!(g["rows"].as_u64().unwrap() > 10, "{name}: {g}");
+        assert_eq!(g["rows"], g["want"], "{name}: {g}");
+        assert_eq!(g["mismatches"], 0, "{name}: {g}");
+        // Each version's lineage lists the files its own query read: the
+        // INSERTs ran at once, but their inputs are not pooled.
+        let read = read_delta(&format!("{features}/{name}"), None, None, &[]);
+        let sources: std::collections::BTreeSet<&str> = read["commit"]["kiln"]["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["source"].as_str().unwrap())
+            .collect();
+        let expected: &[&str] = if name == "item_totals" {
+            &["events"]
+        } else {
+            &["events", "items"]
+        };
+        assert_eq!(sources.into_iter().collect::<Vec<_>>(), expected, "{name}");
+    }
+}
+
+/// A sample pipeline from `pipelines/`, run over 20,000 demo events.
+struct SampleRun {
+    _dir: tempfile::TempDir,
+    raw: String,
+    features: String,
+    /// The run's `--output json` summary.
+    summary: serde_json::Value,
+}
+
+fn run_sample(pipeline: &str) -> SampleRun {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    kiln(d, &["demo", "--dir", "demo", "--events", "20000"]).ok();
+    let sql = format!("{}/pipelines/{pipeline}.sql", env!("CARGO_MANIFEST_DIR"));
+    let raw = d.join("demo/raw").display().to_string();
+    let features = d.join("features").display().to_string();
+    let summary = kiln(
+        d,
+        &[
+            "run",
+            &sql,
+            "--set",
+            &format!("RAW={raw}"),
+            "--set",
+            &format!("FEATURES={features}"),
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    SampleRun {
+        _dir: dir,
+        raw,
+        features,
+        summary,
+    }
 }
