@@ -182,9 +182,11 @@ impl StringDistinctCounts {
 
     fn forget(&mut self, emit_to: EmitTo) {
         match emit_to {
+            // A spilling aggregate emits everything and must then give the
+            // memory back: keeping the capacity would keep the reservation.
             EmitTo::All => {
-                self.seen.clear();
-                self.bytes.clear();
+                self.seen = HashTable::new();
+                self.bytes = Vec::new();
             }
             EmitTo::First(n) => self.drop_first(n),
         }
@@ -406,10 +408,9 @@ fn string_count_distinct(expr: &Expr, schema: &datafusion::common::DFSchema) -> 
     )))
 }
 
-/// Runs an aggregate holding a distinct count ([`CountDistinctStrings`],
-/// or DataFusion's own over integers) in one stage over rows hashed to
-/// their group's partition, instead of a partial stage per input partition
-/// and a final one.
+/// Runs an aggregate holding a [`CountDistinctStrings`] in one stage over
+/// rows hashed to their group's partition, instead of a partial stage per
+/// input partition and a final one.
 ///
 /// A distinct count cannot shrink in a partial stage: every distinct
 /// (group, value) pair goes on to the final stage as a list, where it is
@@ -438,10 +439,13 @@ impl PhysicalOptimizerRule for SingleStageCountDistinct {
             let Some(first) = last.input().downcast_ref::<AggregateExec>() else {
                 return Ok(Transformed::no(node));
             };
-            let counts_distinct = first.aggr_expr().iter().any(|a| {
-                a.fun().inner().downcast_ref::<CountDistinctStrings>().is_some()
-                    || (a.is_distinct() && a.fun().name() == "count")
-            });
+            // Not DataFusion's own distinct count of integers: after a spill
+            // it keeps the capacity of its table, and a one-stage aggregate
+            // then cannot give its memory back (at 100 M events in 4 GiB).
+            let counts_distinct = first
+                .aggr_expr()
+                .iter()
+                .any(|a| a.fun().inner().downcast_ref::<CountDistinctStrings>().is_some());
             if *first.mode() != AggregateMode::Partial
                 || !counts_distinct
                 || first.group_expr().has_grouping_set()
@@ -586,6 +590,19 @@ mod tests {
     }
 
     #[test]
+    fn emitting_everything_gives_the_memory_back() {
+        let (group_of, values) = rows(5000, 40, 13);
+        let mut acc = StringDistinctCounts::default();
+        acc.update_batch(&[Arc::new(values) as ArrayRef], &group_of, None, 40)
+            .unwrap();
+        let full = acc.size();
+        // A spill emits every group's state, then the aggregate shrinks its
+        // reservation to what the accumulator says it holds.
+        acc.state(EmitTo::All).unwrap();
+        assert!(acc.size() < full / 10, "{} of {full}", acc.size());
+    }
+
+    #[test]
     fn converted_rows_merge_to_the_same_counts() {
         let (group_of, values) = rows(2000, 20, 3);
         let filter: BooleanArray = (0..values.len()).map(|i| Some(i % 4 != 0)).collect();
@@ -680,8 +697,10 @@ mod tests {
             let shown = datafusion::physical_plan::displayable(physical.as_ref())
                 .indent(false)
                 .to_string();
-            assert!(!shown.contains("mode=Partial"), "{sql}: {shown}");
-            assert!(!shown.contains("mode=Final"), "{sql}: {shown}");
+            // DataFusion's distinct count of integers keeps its two stages.
+            let stages = !sql.contains("DISTINCT g)");
+            assert_eq!(!shown.contains("mode=Partial"), stages, "{sql}: {shown}");
+            assert_eq!(!shown.contains("mode=Final"), stages, "{sql}: {shown}");
         }
     }
 

@@ -183,8 +183,13 @@ impl QueryPlanner for KilnQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(TrailingDaysPlanner)])
-            .create_physical_plan(logical_plan, session)
-            .await
+        // A fresh SharedPlanner: the copies of a shared subquery share one
+        // execution per physical plan, never across plans.
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(TrailingDaysPlanner),
+            Arc::new(crate::engine::SharedPlanner::default()),
+        ])
+        .create_physical_plan(logical_plan, session)
+        .await
     }
 }
