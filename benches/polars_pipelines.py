@@ -112,6 +112,28 @@ def event_enriched(raw):
     )
 
 
+def user_vs_usual(raw):
+    daily = events(raw).group_by("user_id", DAY).agg(
+        pl.len().alias("events"),
+        pl.col("dwell_ms").sum().alias("dwell_ms"),
+    )
+    usual = daily.group_by("user_id").agg(
+        pl.col("events").mean().alias("usual_events"),
+        pl.col("dwell_ms").mean().alias("usual_dwell_ms"),
+        pl.len().alias("active_days"),
+    )
+    return daily.join(usual, on="user_id", how="inner").select(
+        "user_id",
+        "day",
+        "events",
+        "dwell_ms",
+        "usual_events",
+        "active_days",
+        (pl.col("events") - pl.col("usual_events")).alias("events_vs_usual"),
+        (pl.col("dwell_ms") - pl.col("usual_dwell_ms")).alias("dwell_vs_usual"),
+    )
+
+
 def activity_totals(raw):
     revenue = pl.when(PURCHASE).then(pl.col("price")).otherwise(0.0).sum().alias("revenue")
     with_items = events(raw).join(items(raw), on="item_id", how="inner")
@@ -144,6 +166,7 @@ PIPELINES = {
     "user_trailing_7d": user_trailing_7d,
     "event_enriched": event_enriched,
     "activity_totals": activity_totals,
+    "user_vs_usual": user_vs_usual,
 }
 
 if __name__ == "__main__":

@@ -194,6 +194,67 @@ os._exit(0)
     }
 }
 
+/// `pipelines/user_vs_usual.sql`: a daily aggregate read twice, computed
+/// once (the plan shows the shared subquery), every row equal to DuckDB's.
+#[test]
+fn the_shared_subquery_sample_pipeline_agrees_with_duckdb() {
+    const CHECK: &str = r#"
+import json, os, sys
+import duckdb
+from deltalake import DeltaTable
+raw, table = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+con.register("k", DeltaTable(table).to_pyarrow_table())
+con.execute(f"""
+CREATE TABLE want AS
+WITH e AS (SELECT * FROM read_parquet('{raw}/events/*/*.parquet', hive_partitioning = false)),
+     d AS (SELECT user_id, CAST(event_time AS DATE) AS day, count(*) AS events, sum(dwell_ms) AS dwell_ms
+           FROM e GROUP BY 1, 2),
+     u AS (SELECT user_id, avg(events) AS ue, avg(dwell_ms) AS ud, count(*) AS n FROM d GROUP BY 1)
+SELECT d.user_id, d.day, d.events, d.events - u.ue AS ev, d.dwell_ms - u.ud AS dv, u.n
+FROM d JOIN u USING (user_id)
+""")
+print(json.dumps({
+    "rows": con.execute("SELECT count(*) FROM k").fetchall()[0][0],
+    "want": con.execute("SELECT count(*) FROM want").fetchall()[0][0],
+    "mismatches": con.execute(
+        "SELECT count(*) FROM k FULL JOIN want w ON k.user_id = w.user_id AND k.day = w.day "
+        "WHERE k.events IS DISTINCT FROM w.events OR k.active_days IS DISTINCT FROM w.n "
+        "OR abs(k.events_vs_usual - w.ev) > 1e-9 "
+        "OR (k.dwell_vs_usual IS DISTINCT FROM w.dv AND NOT abs(k.dwell_vs_usual - w.dv) <= 1e-6)"
+    ).fetchall()[0][0],
+}))
+os._exit(0)
+"#;
+    let sample = run_sample("user_vs_usual");
+    let (raw, features) = (&sample.raw, &sample.features);
+    let got = python_json(CHECK, &[raw, &format!("{features}/user_vs_usual")], &[]);
+    assert!(got["rows"].as_u64().unwrap() > 1000, "{got}");
+    assert_eq!(got["rows"], got["want"], "{got}");
+    assert_eq!(got["mismatches"], 0, "{got}");
+
+    let sql = format!("{}/pipelines/user_vs_usual.sql", env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let plan = kiln(
+        dir.path(),
+        &[
+            "explain",
+            &sql,
+            "--set",
+            &format!("RAW={raw}"),
+            "--set",
+            &format!("FEATURES={features}"),
+        ],
+    )
+    .ok()
+    .stdout;
+    assert!(
+        plan.contains("SharedSubqueryExec: id=") && plan.contains("reader 2 of 2"),
+        "{plan}"
+    );
+}
+
 /// A sample pipeline from `pipelines/`, run over 20,000 demo events.
 struct SampleRun {
     _dir: tempfile::TempDir,
