@@ -166,13 +166,13 @@ def main():
             runs.append(child_peak_rss_after(cmd, env=env))
         return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
+    kiln_env = dict(os.environ)
+    if args.memory_limit:
+        kiln_env["KILN_MEMORY_LIMIT"] = args.memory_limit.upper().removesuffix("B")
     for n in args.events:
         base = os.path.join(work, f"e{n}")
-        demo_env = dict(os.environ)
-        if args.memory_limit:
-            demo_env["KILN_MEMORY_LIMIT"] = args.memory_limit.upper().removesuffix("B")
         subprocess.run(
-            [kiln, "demo", "--dir", base, "--events", str(n)], check=True, stdout=subprocess.DEVNULL, env=demo_env
+            [kiln, "demo", "--dir", base, "--events", str(n)], check=True, stdout=subprocess.DEVNULL, env=kiln_env
         )
         raw = os.path.join(base, "raw")
         for name in args.only:
@@ -184,9 +184,6 @@ def main():
             copy = os.path.join(base, f"bench-{name}.sql")
             open(copy, "w").write(text)
             run = [kiln, "run", copy, "--set", f"RAW={raw}", "--set", f"FEATURES={feats}"]
-            kiln_env = dict(os.environ)
-            if args.memory_limit:
-                kiln_env["KILN_MEMORY_LIMIT"] = args.memory_limit.upper().removesuffix("B")
             fresh = lambda: shutil.rmtree(feats, ignore_errors=True)
             k_s, k_mb = median_of(run, env=kiln_env, before=fresh)
             if args.kiln_only:

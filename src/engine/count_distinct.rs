@@ -115,6 +115,20 @@ struct Seen {
     group: u32,
 }
 
+impl Seen {
+    /// The pair of `group` and `value`, its bytes appended to `bytes`.
+    fn appended(bytes: &mut Vec<u8>, hash: u64, group: u32, value: &[u8]) -> Self {
+        let offset = bytes.len();
+        bytes.extend_from_slice(value);
+        Seen {
+            hash,
+            offset,
+            len: value.len() as u32,
+            group,
+        }
+    }
+}
+
 /// The distinct values of every group, in one table.
 #[derive(Debug, Default)]
 pub struct StringDistinctCounts {
@@ -144,13 +158,7 @@ impl StringDistinctCounts {
         let Self { seen, bytes, counts } = self;
         let same = |s: &Seen| s.group == group && &bytes[s.offset..s.offset + s.len as usize] == value;
         if let Entry::Vacant(slot) = seen.entry(hash, same, |s| s.hash) {
-            slot.insert(Seen {
-                hash,
-                offset: bytes.len(),
-                len: value.len() as u32,
-                group,
-            });
-            bytes.extend_from_slice(value);
+            slot.insert(Seen::appended(bytes, hash, group, value));
             counts[group as usize] += 1;
         }
     }
@@ -159,24 +167,12 @@ impl StringDistinctCounts {
     fn drop_first(&mut self, n: usize) {
         let old_bytes = std::mem::take(&mut self.bytes);
         let old = std::mem::take(&mut self.seen);
-        for s in old {
-            if (s.group as usize) < n {
-                continue;
-            }
+        for s in old.into_iter().filter(|s| s.group as usize >= n) {
             let group = s.group - n as u32;
             let value = &old_bytes[s.offset..s.offset + s.len as usize];
             let hash = pair_hash(group, value);
-            self.seen.insert_unique(
-                hash,
-                Seen {
-                    hash,
-                    offset: self.bytes.len(),
-                    len: s.len,
-                    group,
-                },
-                |s| s.hash,
-            );
-            self.bytes.extend_from_slice(value);
+            let kept = Seen::appended(&mut self.bytes, hash, group, value);
+            self.seen.insert_unique(hash, kept, |s| s.hash);
         }
     }
 
@@ -198,7 +194,7 @@ fn list_field() -> FieldRef {
 }
 
 /// Whether row `row` is counted: not null, and not filtered out.
-fn counted(values: &dyn Array, filter: Option<&BooleanArray>, row: usize) -> bool {
+fn counted(values: &impl Array, filter: Option<&BooleanArray>, row: usize) -> bool {
     values.is_valid(row) && filter.is_none_or(|f| f.is_valid(row) && f.value(row))
 }
 
@@ -380,23 +376,13 @@ fn string_count_distinct(expr: &Expr, schema: &datafusion::common::DFSchema) -> 
         return None;
     };
     let p = &f.params;
-    let string = |e: &Expr| {
-        matches!(
-            e.get_type(schema),
-            Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
-        )
-    };
-    if !(f.func.name() == "count"
-        && p.distinct
-        && p.order_by.is_empty()
-        && p.args.len() == 1
-        && string(&p.args[0]))
-    {
+    if !(f.func.name() == "count" && p.distinct && p.order_by.is_empty() && p.args.len() == 1) {
         return None;
     }
     let arg = match p.args[0].get_type(schema) {
         Ok(DataType::Utf8View) => p.args[0].clone(),
-        _ => cast(p.args[0].clone(), DataType::Utf8View),
+        Ok(DataType::Utf8 | DataType::LargeUtf8) => cast(p.args[0].clone(), DataType::Utf8View),
+        _ => return None,
     };
     Some(Expr::AggregateFunction(AggregateFunction::new_udf(
         CountDistinctStrings::udaf(),

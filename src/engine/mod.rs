@@ -5,6 +5,7 @@ mod count_distinct;
 mod distinct;
 mod join_sides;
 mod plan;
+mod planner;
 mod range_window;
 mod resources;
 #[cfg(test)]
@@ -23,9 +24,10 @@ pub use count_distinct::{CountDistinctStrings, GroupedCountDistinct, SingleStage
 pub use distinct::SplitDistinctAggregates;
 pub use join_sides::BuildOnGroupedSide;
 pub use plan::{PlannedInsert, PlannedPipeline, list_incremental_files, plan_pipeline};
-pub use range_window::{DailyRangeWindows, KilnQueryPlanner};
+pub use planner::KilnQueryPlanner;
+pub use range_window::DailyRangeWindows;
 pub use resources::{Resources, parse_bytes};
-pub use shared::{ShareRepeatedSubqueries, SharedPlanner};
+pub use shared::ShareRepeatedSubqueries;
 
 /// One session per run, sized to the container.
 pub fn session(resources: &Resources) -> Result<SessionContext> {

@@ -134,32 +134,35 @@ async fn run_pass(
         1
     };
     let buffers = WriteBuffers::within(options.resources.buffer_bytes / 2 / share);
-    let mut runs = Vec::new();
+    // Futures do nothing until awaited: every plan is made before any runs.
+    let mut jobs = Vec::new();
+    let mut inputs = Vec::new();
     for (insert, (stmt, _)) in planned.inserts.iter().zip(pipeline.inserts()) {
-        let place = || pipeline.problem(stmt, "while running this INSERT").to_string();
-        let plan = physical_plan(insert).await.map_err(|e| with_place(place(), e))?;
-        runs.push((plan, files_read(&planned), place()));
-    }
-    let mut written = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, (insert, (plan, inputs, place))) in planned.inserts.iter().zip(runs).enumerate() {
+        let place = pipeline.problem(stmt, "while running this INSERT").to_string();
+        let plan = match physical_plan(insert).await {
+            Ok(plan) => plan,
+            Err(e) => return Err(with_place(place, e)),
+        };
+        inputs.push(files_read(&planned));
         let job = write_insert(insert.clone(), plan, tables.clone(), buffers, progress.clone());
-        if concurrent {
-            tasks.spawn(async move { (i, job.await.map_err(|e| with_place(place, e))) });
-            written.push((insert, WrittenFiles::default(), Vec::new(), inputs));
-        } else {
-            let (files, stats) = job.await.map_err(|e| with_place(place, e))?;
-            written.push((insert, files, stats, inputs));
+        jobs.push(async move { job.await.map_err(|e| with_place(place, e)) });
+    }
+    let outcomes = if concurrent {
+        all_at_once(jobs).await?
+    } else {
+        let mut outcomes = Vec::new();
+        for job in jobs {
+            outcomes.push(job.await?);
         }
-    }
-    // The first INSERT to fail stops the others (dropping the set aborts
-    // them); their files are in no version.
-    while let Some(joined) = tasks.join_next().await {
-        let (i, outcome) = joined.map_err(|e| KilnError::Run(format!("an INSERT's task ended: {e}")))?;
-        let (files, stats) = outcome?;
-        written[i].1 = files;
-        written[i].2 = stats;
-    }
+        outcomes
+    };
+    let written: Vec<_> = planned
+        .inserts
+        .iter()
+        .zip(outcomes)
+        .zip(inputs)
+        .map(|((insert, (files, stats)), inputs)| (insert, files, stats, inputs))
+        .collect();
     progress.finish();
     // Every INSERT has run: what each streamed range held is known now.
     let reads = kafka::complete(&pass.reads, fetches).await?;
@@ -469,6 +472,26 @@ fn with_place(place: String, e: KilnError) -> KilnError {
         place,
         source: Box::new(e),
     }
+}
+
+/// Run `jobs` as tasks of their own; their outputs in order. The first to
+/// fail stops the others (dropping the set aborts them).
+async fn all_at_once<T: Send + 'static>(
+    jobs: Vec<impl std::future::Future<Output = Result<T>> + Send + 'static>,
+) -> Result<Vec<T>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut outputs: Vec<Option<T>> = jobs.iter().map(|_| None).collect();
+    for (i, job) in jobs.into_iter().enumerate() {
+        tasks.spawn(async move { (i, job.await) });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, output) = joined.map_err(|e| KilnError::Run(format!("an INSERT's task ended: {e}")))?;
+        outputs[i] = Some(output?);
+    }
+    Ok(outputs
+        .into_iter()
+        .map(|o| o.expect("every task has ended"))
+        .collect())
 }
 
 /// One INSERT's query as an execution plan, with the context to run it in.

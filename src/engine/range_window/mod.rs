@@ -31,7 +31,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
-pub use node::KilnQueryPlanner;
+pub use node::TrailingDaysPlanner;
 use node::{TrailingDaysNode, node_schema};
 use sliding::{Kind, working_type};
 

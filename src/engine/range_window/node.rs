@@ -9,13 +9,12 @@ use arrow::datatypes::{Field, Schema};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, DFSchemaRef, Result, internal_err};
-use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
     Expr, ExprSchemable, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 
 use super::exec::{TrailingDaysExec, WindowFunction};
 use super::sliding::Kind;
@@ -116,7 +115,7 @@ impl UserDefinedLogicalNodeCore for TrailingDaysNode {
 
 /// Plans [`TrailingDaysNode`] as [`TrailingDaysExec`].
 #[derive(Debug)]
-struct TrailingDaysPlanner;
+pub struct TrailingDaysPlanner;
 
 #[async_trait]
 impl ExtensionPlanner for TrailingDaysPlanner {
@@ -170,26 +169,4 @@ pub fn node_schema(input: &DFSchema, outputs: Vec<Field>) -> Result<DFSchemaRef>
         fields,
         input.metadata().clone(),
     )?))
-}
-
-/// DataFusion's planner, taught kiln's own plan nodes.
-#[derive(Debug, Default)]
-pub struct KilnQueryPlanner;
-
-#[async_trait]
-impl QueryPlanner for KilnQueryPlanner {
-    async fn create_physical_plan(
-        &self,
-        logical_plan: &LogicalPlan,
-        session: &dyn Session,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        // A fresh SharedPlanner: the copies of a shared subquery share one
-        // execution per physical plan, never across plans.
-        DefaultPhysicalPlanner::with_extension_planners(vec![
-            Arc::new(TrailingDaysPlanner),
-            Arc::new(crate::engine::SharedPlanner::default()),
-        ])
-        .create_physical_plan(logical_plan, session)
-        .await
-    }
 }

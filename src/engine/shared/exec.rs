@@ -88,9 +88,10 @@ struct FeedState {
 struct Queue {
     batches: VecDeque<RecordBatch>,
     reservation: MemoryReservation,
-    /// Once the pool refused a batch: where this reader's later batches go.
-    spill: Option<SpillPoolSink>,
-    /// The other end of `spill`, until the reader takes it.
+    /// Once the pool refused a batch, this reader's later batches go to
+    /// spill files (the driver holds the writing end).
+    spilling: bool,
+    /// The reading end of those files, until the reader takes it.
     spilled: Option<SendableRecordBatchStream>,
     /// The reader has started reading.
     opened: bool,
@@ -139,23 +140,21 @@ impl SharedSubqueryExec {
                 Queue {
                     batches: VecDeque::new(),
                     reservation,
-                    spill: None,
+                    spilling: false,
                     spilled: None,
                     opened: false,
                     gone: false,
                 }
             })
             .collect();
+        let partitions = self.input.output_partitioning().partition_count();
         let feed = Arc::new(Feed {
             state: Mutex::new(FeedState { queues, ended: None }),
             arrived: (0..self.shared.readers).map(|_| Notify::new()).collect(),
             taken: Notify::new(),
-            partitions: self.input.output_partitioning().partition_count(),
+            partitions,
             queue_bytes: match context.memory_pool().memory_limit() {
-                MemoryLimit::Finite(bytes) => {
-                    let queues = self.shared.readers * self.input.output_partitioning().partition_count();
-                    bytes / QUEUE_SHARE / queues.max(1)
-                }
+                MemoryLimit::Finite(bytes) => bytes / QUEUE_SHARE / (self.shared.readers * partitions).max(1),
                 MemoryLimit::Infinite | MemoryLimit::Unknown => usize::MAX,
             },
         });
@@ -176,19 +175,21 @@ impl SharedSubqueryExec {
 
 /// Run the subquery's partition, queueing each batch for every reader.
 async fn drive(feed: Arc<Feed>, mut input: SendableRecordBatchStream, spill: Arc<SpillManager>) {
+    // The writing ends of the readers' spill files, kept out of the lock so
+    // that no reader waits on a disk write.
+    let mut sinks: Vec<Option<SpillPoolSink>> = (0..feed.arrived.len()).map(|_| None).collect();
     let outcome = loop {
         // Run at most AHEAD batches ahead of the reader that reads fastest
         // (readers whose batches go to disk do not hold memory, and do not
         // count).
         loop {
             let taken = feed.taken.notified();
-            let wait = {
+            let ahead = {
                 let state = feed.lock();
-                let live = state.queues.iter().filter(|q| !q.gone && q.spill.is_none());
+                let live = state.queues.iter().filter(|q| !q.gone && !q.spilling);
                 live.map(|q| q.batches.len()).min().is_some_and(|n| n >= AHEAD)
-                    && !state.queues.iter().all(|q| q.gone)
             };
-            if !wait {
+            if !ahead {
                 break;
             }
             taken.await;
@@ -200,43 +201,61 @@ async fn drive(feed: Arc<Feed>, mut input: SendableRecordBatchStream, spill: Arc
             None => break Ok(()),
             Some(Err(e)) => break Err(Arc::new(e)),
             Some(Ok(batch)) => {
-                if let Err(e) = queue(&feed, &batch, &spill) {
+                if let Err(e) = queue(&feed, &batch, &spill, &mut sinks) {
                     break Err(Arc::new(e));
                 }
             }
         }
     };
-    let mut state = feed.lock();
-    state.ended = Some(outcome);
-    for q in &mut state.queues {
-        // Dropping the sink finishes its last file: its reader sees the end.
-        q.spill = None;
-    }
-    drop(state);
+    feed.lock().ended = Some(outcome);
+    // Only now finish the spill files: a reader that reaches their end
+    // finds how the subquery ended, an error included.
+    drop(sinks);
     for arrived in &feed.arrived {
         arrived.notify_one();
     }
 }
 
-fn queue(feed: &Feed, batch: &RecordBatch, spill: &Arc<SpillManager>) -> Result<()> {
+/// Queue `batch` for every reader still reading: in memory while its
+/// share allows, in its spill files after that.
+fn queue(
+    feed: &Feed,
+    batch: &RecordBatch,
+    spill: &Arc<SpillManager>,
+    sinks: &mut [Option<SpillPoolSink>],
+) -> Result<()> {
     let size = batch.get_array_memory_size();
-    let mut state = feed.lock();
-    for (r, q) in state.queues.iter_mut().enumerate() {
-        if q.gone {
-            continue;
+    let mut to_disk = Vec::new();
+    {
+        let mut state = feed.lock();
+        for (r, q) in state.queues.iter_mut().enumerate() {
+            if q.gone {
+                sinks[r] = None;
+                continue;
+            }
+            if !q.spilling
+                && q.reservation.size() + size <= feed.queue_bytes
+                && q.reservation.try_grow(size).is_ok()
+            {
+                q.batches.push_back(batch.clone());
+                continue;
+            }
+            if !q.spilling {
+                let (sink, stream) = spsc_channel(SPILL_FILE_BYTES, Arc::clone(spill));
+                sinks[r] = Some(sink);
+                q.spilled = Some(stream);
+                q.spilling = true;
+            }
+            to_disk.push(r);
         }
-        if q.spill.is_none()
-            && !(q.reservation.size() + size <= feed.queue_bytes && q.reservation.try_grow(size).is_ok())
-        {
-            let (sink, stream) = spsc_channel(SPILL_FILE_BYTES, Arc::clone(spill));
-            q.spill = Some(sink);
-            q.spilled = Some(stream);
+    }
+    for &r in &to_disk {
+        if let Some(sink) = &sinks[r] {
+            sink.push_batch(batch)?;
         }
-        match &q.spill {
-            Some(sink) => sink.push_batch(batch)?,
-            None => q.batches.push_back(batch.clone()),
-        }
-        feed.arrived[r].notify_one();
+    }
+    for arrived in &feed.arrived {
+        arrived.notify_one();
     }
     Ok(())
 }
@@ -260,7 +279,12 @@ impl Reader {
     async fn next(&mut self) -> Option<Result<RecordBatch>> {
         loop {
             if let Some(stream) = &mut self.spilled {
-                return stream.next().await;
+                match stream.next().await {
+                    Some(batch) => return Some(batch),
+                    // The files end after the subquery did: how it ended
+                    // is known below.
+                    None => self.spilled = None,
+                }
             }
             let arrived = self.feed.arrived[self.reader].notified();
             let next = {
@@ -299,7 +323,6 @@ impl Drop for Reader {
         q.gone = true;
         q.batches.clear();
         q.reservation.free();
-        q.spill = None;
         q.spilled = None;
         drop(state);
         self.feed.taken.notify_one();
@@ -388,5 +411,79 @@ impl ExecutionPlan for SharedSubqueryExec {
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+    use datafusion::execution::memory_pool::FairSpillPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+
+    use super::*;
+
+    /// 40 batches of 64 rows, then an error.
+    #[derive(Debug)]
+    struct FailsAtTheEnd(SchemaRef);
+
+    impl PartitionStream for FailsAtTheEnd {
+        fn schema(&self) -> &SchemaRef {
+            &self.0
+        }
+
+        fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+            let schema = Arc::clone(&self.0);
+            let batches = (0..40i64)
+                .map(move |b| {
+                    let values = Int64Array::from_iter_values(b * 64..(b + 1) * 64);
+                    Ok(RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)])?)
+                })
+                .chain([Err(DataFusionError::Execution("the source broke".into()))]);
+            Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&self.0),
+                futures::stream::iter(batches),
+            ))
+        }
+    }
+
+    async fn read_all(mut stream: SendableRecordBatchStream) -> (usize, Option<String>) {
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            match batch {
+                Ok(b) => rows += b.num_rows(),
+                Err(e) => return (rows, Some(e.to_string())),
+            }
+        }
+        (rows, None)
+    }
+
+    #[tokio::test]
+    async fn every_reader_sees_the_error_even_one_reading_from_spill_files() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let source: Arc<dyn PartitionStream> = Arc::new(FailsAtTheEnd(Arc::clone(&schema)));
+        let input: Arc<dyn ExecutionPlan> =
+            Arc::new(StreamingTableExec::try_new(schema, vec![source], None, vec![], false, None).unwrap());
+        let shared = Arc::new(Shared::new(1, 2));
+        let first = SharedSubqueryExec::new(Arc::clone(&input), Arc::clone(&shared), 0);
+        let second = SharedSubqueryExec::new(input, shared, 1);
+        // A pool so small that the second reader's queue goes to disk.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(64 << 10)))
+            .build_arc()
+            .unwrap();
+        let context = Arc::new(TaskContext::default().with_runtime(runtime));
+
+        let (rows, error) = read_all(first.execute(0, Arc::clone(&context)).unwrap()).await;
+        assert_eq!(rows, 40 * 64);
+        assert!(error.is_some_and(|e| e.contains("the source broke")));
+        // Only now does the second reader start: its rows wait on disk.
+        let (rows, error) = read_all(second.execute(0, context).unwrap()).await;
+        assert_eq!(rows, 40 * 64);
+        assert!(error.is_some_and(|e| e.contains("the source broke")));
+        let spills = second.metrics().and_then(|m| m.spill_count()).unwrap_or(0)
+            + first.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
+        assert!(spills > 0, "the second reader's rows were to go to disk");
     }
 }

@@ -17,7 +17,7 @@
 mod exec;
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
@@ -97,7 +97,7 @@ impl UserDefinedLogicalNodeCore for SharedSubqueryNode {
 /// Numbers shared subqueries across every plan of the process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Marks each largest repeated subtree that holds a join or an aggregate.
+/// Marks each largest repeated subtree that holds an aggregate.
 #[derive(Debug, Default)]
 pub struct ShareRepeatedSubqueries;
 
@@ -108,20 +108,12 @@ impl AnalyzerRule for ShareRepeatedSubqueries {
             *seen.entry(node).or_default() += 1;
             Ok(TreeNodeRecursion::Continue)
         })?;
-        // The largest repeated subtrees: below one, nothing else is taken.
-        let mut chosen: HashSet<&LogicalPlan> = HashSet::new();
-        plan.apply(|node| {
-            if seen[node] > 1 && is_costly(node) {
-                chosen.insert(node);
-                return Ok(TreeNodeRecursion::Jump);
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        // How often each is read where it was chosen (a copy inside
-        // another chosen subtree is not).
+        // The largest repeated subtrees, and how often each is read where it
+        // stands: below one, nothing else is taken (so a copy inside another
+        // taken subtree is not counted).
         let mut readers: HashMap<&LogicalPlan, usize> = HashMap::new();
         plan.apply(|node| {
-            if chosen.contains(node) {
+            if seen[node] > 1 && is_costly(node) {
                 *readers.entry(node).or_default() += 1;
                 return Ok(TreeNodeRecursion::Jump);
             }
