@@ -4,6 +4,7 @@
 mod count_distinct;
 mod distinct;
 mod join_sides;
+mod over_all;
 mod plan;
 mod planner;
 mod range_window;
@@ -20,9 +21,10 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-pub use count_distinct::{CountDistinctStrings, GroupedCountDistinct, SingleStageCountDistinct};
+pub use count_distinct::{CountDistinct, GroupedCountDistinct, SingleStageCountDistinct};
 pub use distinct::SplitDistinctAggregates;
 pub use join_sides::BuildOnGroupedSide;
+pub use over_all::WindowsOverAll;
 pub use plan::{PlannedInsert, PlannedPipeline, list_incremental_files, plan_pipeline};
 pub use planner::KilnQueryPlanner;
 pub use range_window::DailyRangeWindows;
@@ -69,6 +71,9 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
     if rewrite_enabled(&rewrites, "shared_subqueries") {
         state = state.with_analyzer_rule(Arc::new(ShareRepeatedSubqueries));
     }
+    if rewrite_enabled(&rewrites, "over_all") {
+        state = state.with_analyzer_rule(Arc::new(WindowsOverAll));
+    }
     // Before the split below, which it leaves only the DISTINCT aggregates
     // it does not handle.
     if rewrite_enabled(&rewrites, "count_distinct") {
@@ -114,7 +119,7 @@ pub(crate) fn with_kiln_physical_rules(
 
 /// `KILN_REWRITES`: `all` (the default), `none`, or a comma-separated list
 /// of `count_distinct`, `distinct`, `range_window`, `join_sides`,
-/// `shared_subqueries`. A switch for benchmarks and for ruling
+/// `shared_subqueries`, `over_all`. A switch for benchmarks and for ruling
 /// kiln's rewrites in or out when a result looks wrong.
 fn rewrite_enabled(setting: &str, rule: &str) -> bool {
     match setting.trim() {

@@ -9,6 +9,7 @@ use arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::optimizer::OptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::KilnQueryPlanner;
@@ -44,4 +45,34 @@ pub async fn run(ctx: &SessionContext, sql: &str) -> String {
 pub async fn plan(ctx: &SessionContext, sql: &str) -> String {
     let df = ctx.sql(sql).await.unwrap();
     format!("{}", df.into_optimized_plan().unwrap().display_indent())
+}
+
+/// The input rows each SharedSubqueryExec's subquery produced, and the
+/// spill files they wrote.
+fn rows_computed(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<usize>, spills: &mut usize) {
+    if plan.name() == "SharedSubqueryExec" {
+        let input = &plan.children()[0];
+        out.push(input.metrics().and_then(|m| m.output_rows()).unwrap_or(0));
+        *spills += plan.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
+    }
+    for child in plan.children() {
+        rows_computed(child, out, spills);
+    }
+}
+
+/// The query's result, with what [`rows_computed`] finds in its plan.
+pub async fn shared_run(ctx: &SessionContext, sql: &str) -> (String, Vec<usize>, usize) {
+    let df = ctx.sql(sql).await.unwrap();
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await.unwrap();
+    let batches = datafusion::physical_plan::collect(Arc::clone(&plan), task)
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let mut computed = Vec::new();
+    let mut spills = 0;
+    rows_computed(&plan, &mut computed, &mut spills);
+    (text, computed, spills)
 }

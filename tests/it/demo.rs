@@ -234,23 +234,64 @@ os._exit(0)
     assert_eq!(got["rows"], got["want"], "{got}");
     assert_eq!(got["mismatches"], 0, "{got}");
 
-    let sql = format!("{}/pipelines/user_vs_usual.sql", env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().unwrap();
-    let plan = kiln(
-        dir.path(),
-        &[
-            "explain",
-            &sql,
-            "--set",
-            &format!("RAW={raw}"),
-            "--set",
-            &format!("FEATURES={features}"),
-        ],
-    )
-    .ok()
-    .stdout;
+    let plan = sample.explain("user_vs_usual");
     assert!(
         plan.contains("SharedSubqueryExec: id=") && plan.contains("reader 2 of 2"),
+        "{plan}"
+    );
+}
+
+/// `pipelines/user_daily.sql`: every column of every user-day equal to
+/// DuckDB's, the z-score over all of them included, which kiln plans as
+/// one aggregate joined to the rows rather than as a window.
+#[test]
+fn the_user_daily_sample_pipeline_agrees_with_duckdb() {
+    const CHECK: &str = r#"
+import json, os, sys
+import duckdb
+from deltalake import DeltaTable
+raw, table = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+con.register("k", DeltaTable(table).to_pyarrow_table())
+con.execute(f"""
+CREATE TABLE want AS
+WITH e AS (SELECT * FROM read_parquet('{raw}/events/*/*.parquet', hive_partitioning = false)),
+     d AS (SELECT user_id, CAST(event_time AS DATE) AS day, count(*) AS events,
+                  count(DISTINCT item_id) AS distinct_items, avg(dwell_ms) AS avg_dwell_ms,
+                  count(*) FILTER (WHERE event_type = 'purchase') AS purchases
+           FROM e GROUP BY 1, 2)
+SELECT d.*, u.segment, u.country,
+       (d.events - avg(d.events) OVER ()) / stddev_samp(d.events) OVER () AS z
+FROM d JOIN read_parquet('{raw}/users/*.parquet') u USING (user_id)
+""")
+print(json.dumps({
+    "rows": con.execute("SELECT count(*) FROM k").fetchall()[0][0],
+    "want": con.execute("SELECT count(*) FROM want").fetchall()[0][0],
+    "mismatches": con.execute(
+        "SELECT count(*) FROM k FULL JOIN want w ON k.user_id = w.user_id AND k.day = w.day "
+        "WHERE k.events IS DISTINCT FROM w.events OR k.distinct_items IS DISTINCT FROM w.distinct_items "
+        "OR k.purchases IS DISTINCT FROM w.purchases OR k.segment IS DISTINCT FROM w.segment "
+        "OR k.country IS DISTINCT FROM w.country "
+        "OR (k.avg_dwell_ms IS DISTINCT FROM w.avg_dwell_ms AND NOT abs(k.avg_dwell_ms - w.avg_dwell_ms) <= 1e-6) "
+        "OR NOT abs(k.events_zscore - w.z) <= 1e-9"
+    ).fetchall()[0][0],
+}))
+os._exit(0)
+"#;
+    let sample = run_sample("user_daily");
+    let got = python_json(
+        CHECK,
+        &[&sample.raw, &format!("{}/user_daily", sample.features)],
+        &[],
+    );
+    assert!(got["rows"].as_u64().unwrap() > 1000, "{got}");
+    assert_eq!(got["rows"], got["want"], "{got}");
+    assert_eq!(got["mismatches"], 0, "{got}");
+
+    let plan = sample.explain("user_daily");
+    assert!(
+        plan.contains("CrossJoinExec") && !plan.contains("WindowAggExec"),
         "{plan}"
     );
 }
@@ -262,6 +303,19 @@ struct SampleRun {
     features: String,
     /// The run's `--output json` summary.
     summary: serde_json::Value,
+}
+
+impl SampleRun {
+    /// `kiln explain` of `pipelines/<pipeline>.sql` over the same data.
+    fn explain(&self, pipeline: &str) -> String {
+        let sql = format!("{}/pipelines/{pipeline}.sql", env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        let raw = format!("RAW={}", self.raw);
+        let features = format!("FEATURES={}", self.features);
+        kiln(dir.path(), &["explain", &sql, "--set", &raw, "--set", &features])
+            .ok()
+            .stdout
+    }
 }
 
 fn run_sample(pipeline: &str) -> SampleRun {

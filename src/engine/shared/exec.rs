@@ -2,7 +2,8 @@
 //! the places that use it.
 //!
 //! The first place to execute a partition starts a task that runs the
-//! subquery's partition once and queues every batch for each place. A
+//! subquery's partition once (in the copy of the subquery that ran first,
+//! whichever place executes it) and queues every batch for each place. A
 //! place reads its own queue at its own pace: the medians of an enrichment
 //! pipeline read the whole subquery before the join that uses them starts
 //! reading it again. What waits in a queue is counted by the memory pool;
@@ -45,6 +46,11 @@ pub struct Shared {
     pub id: u64,
     /// How many places read the subquery.
     pub readers: usize,
+    /// The copy of the subquery that runs, every partition of it: the
+    /// first one a reader executes. Operators coordinate their partitions
+    /// (a join's dynamic filter waits for every partition's build side),
+    /// so partitions of different copies would wait for each other.
+    running: Mutex<Option<Arc<dyn ExecutionPlan>>>,
     feeds: Mutex<HashMap<usize, Arc<Feed>>>,
 }
 
@@ -62,6 +68,7 @@ impl Shared {
         Self {
             id,
             readers,
+            running: Mutex::new(None),
             feeds: Mutex::new(HashMap::new()),
         }
     }
@@ -130,7 +137,14 @@ impl SharedSubqueryExec {
         if let Some(feed) = feeds.get(&partition) {
             return Ok(Arc::clone(feed));
         }
-        let schema = self.input.schema();
+        let input = Arc::clone(
+            self.shared
+                .running
+                .lock()
+                .expect("shared subquery plan lock")
+                .get_or_insert_with(|| Arc::clone(&self.input)),
+        );
+        let schema = input.schema();
         let queues = (0..self.shared.readers)
             .map(|r| {
                 let reservation =
@@ -147,7 +161,7 @@ impl SharedSubqueryExec {
                 }
             })
             .collect();
-        let partitions = self.input.output_partitioning().partition_count();
+        let partitions = input.output_partitioning().partition_count();
         let feed = Arc::new(Feed {
             state: Mutex::new(FeedState { queues, ended: None }),
             arrived: (0..self.shared.readers).map(|_| Notify::new()).collect(),
@@ -163,8 +177,8 @@ impl SharedSubqueryExec {
             SpillMetrics::new(&self.metrics, partition),
             schema,
         ));
-        let input = self.input.execute(partition, Arc::clone(context))?;
-        let task = drive(Arc::clone(&feed), input, spill);
+        let batches = input.execute(partition, Arc::clone(context))?;
+        let task = drive(Arc::clone(&feed), batches, spill);
         // The task ends with the subquery; a query dropped early drops its
         // readers, and a feed with no reader left stops queueing.
         tokio::spawn(task);
@@ -457,6 +471,70 @@ mod tests {
             }
         }
         (rows, None)
+    }
+
+    /// Ten rows per partition, noting which copy of the plan ran it.
+    #[derive(Debug)]
+    struct Noted {
+        schema: SchemaRef,
+        copy: &'static str,
+        partition: usize,
+        ran: Arc<Mutex<Vec<(&'static str, usize)>>>,
+    }
+
+    impl PartitionStream for Noted {
+        fn schema(&self) -> &SchemaRef {
+            &self.schema
+        }
+
+        fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+            self.ran.lock().unwrap().push((self.copy, self.partition));
+            let values = Int64Array::from_iter_values(0..10);
+            let batch = RecordBatch::try_new(Arc::clone(&self.schema), vec![Arc::new(values)]);
+            Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&self.schema),
+                futures::stream::iter([batch.map_err(DataFusionError::from)]),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn every_partition_runs_in_the_copy_that_ran_first() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let copy = |copy: &'static str| -> Arc<dyn ExecutionPlan> {
+            let partitions: Vec<Arc<dyn PartitionStream>> = (0..2)
+                .map(|partition| {
+                    Arc::new(Noted {
+                        schema: Arc::clone(&schema),
+                        copy,
+                        partition,
+                        ran: Arc::clone(&ran),
+                    }) as Arc<dyn PartitionStream>
+                })
+                .collect();
+            Arc::new(
+                StreamingTableExec::try_new(Arc::clone(&schema), partitions, None, vec![], false, None)
+                    .unwrap(),
+            )
+        };
+        let shared = Arc::new(Shared::new(1, 2));
+        let a = SharedSubqueryExec::new(copy("a"), Arc::clone(&shared), 0);
+        let b = SharedSubqueryExec::new(copy("b"), shared, 1);
+        let context = Arc::new(TaskContext::default());
+        // Each reader opens a different partition first.
+        let streams = [
+            a.execute(0, Arc::clone(&context)).unwrap(),
+            b.execute(1, Arc::clone(&context)).unwrap(),
+            a.execute(1, Arc::clone(&context)).unwrap(),
+            b.execute(0, Arc::clone(&context)).unwrap(),
+        ];
+        for stream in streams {
+            assert_eq!(read_all(stream).await, (10, None));
+        }
+        let mut ran = ran.lock().unwrap().clone();
+        ran.sort();
+        assert_eq!(ran, [("a", 0), ("a", 1)]);
     }
 
     #[tokio::test]

@@ -46,6 +46,27 @@ pub struct SharedSubqueryNode {
     pub input: Arc<LogicalPlan>,
 }
 
+impl SharedSubqueryNode {
+    fn wrap(id: u64, reader: usize, readers: usize, input: LogicalPlan) -> LogicalPlan {
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(SharedSubqueryNode {
+                id,
+                reader,
+                readers,
+                input: Arc::new(input),
+            }),
+        })
+    }
+
+    /// `readers` places that read `input`, computed once.
+    pub fn readers_of(input: LogicalPlan, readers: usize) -> Vec<LogicalPlan> {
+        let id = NEXT_ID.fetch_add(1, AtomicOrdering::Relaxed);
+        (0..readers)
+            .map(|reader| Self::wrap(id, reader, readers, input.clone()))
+            .collect()
+    }
+}
+
 impl PartialOrd for SharedSubqueryNode {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         (self.id, self.reader).partial_cmp(&(other.id, other.reader))
@@ -133,14 +154,7 @@ impl AnalyzerRule for ShareRepeatedSubqueries {
                 return Ok(Transformed::no(node));
             };
             let reader = next_reader.entry(id).or_default();
-            let wrapped = LogicalPlan::Extension(Extension {
-                node: Arc::new(SharedSubqueryNode {
-                    id,
-                    reader: *reader,
-                    readers,
-                    input: Arc::new(node),
-                }),
-            });
+            let wrapped = SharedSubqueryNode::wrap(id, *reader, readers, node);
             *reader += 1;
             Ok(Transformed::new(wrapped, true, TreeNodeRecursion::Jump))
         })
@@ -206,12 +220,11 @@ mod tests {
     use datafusion::execution::SessionStateBuilder;
     use datafusion::execution::memory_pool::FairSpillPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    use datafusion::physical_plan::ExecutionPlan;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     use super::*;
     use crate::engine::KilnQueryPlanner;
-    use crate::engine::rule_testing::run;
+    use crate::engine::rule_testing::{run, shared_run};
 
     /// Events and their items; `pool` bytes of memory (none: unbounded).
     fn context(share: bool, pool: Option<usize>) -> SessionContext {
@@ -284,35 +297,6 @@ mod tests {
          m AS (SELECT category, median(dwell) AS med, count(*) AS n FROM x GROUP BY category) \
          SELECT x.k, x.category, x.n, coalesce(x.dwell, m.med) AS dwell, m.n AS groups \
          FROM x JOIN m ON x.category IS NOT DISTINCT FROM m.category ORDER BY x.k, x.category";
-
-    /// The input rows each SharedSubqueryExec's subquery produced, and the
-    /// spill files they wrote.
-    fn rows_computed(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<usize>, spills: &mut usize) {
-        if plan.name() == "SharedSubqueryExec" {
-            let input = &plan.children()[0];
-            out.push(input.metrics().and_then(|m| m.output_rows()).unwrap_or(0));
-            *spills += plan.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
-        }
-        for child in plan.children() {
-            rows_computed(child, out, spills);
-        }
-    }
-
-    async fn shared_run(ctx: &SessionContext, sql: &str) -> (String, Vec<usize>, usize) {
-        let df = ctx.sql(sql).await.unwrap();
-        let task = Arc::new(df.task_ctx());
-        let plan = df.create_physical_plan().await.unwrap();
-        let batches = datafusion::physical_plan::collect(Arc::clone(&plan), task)
-            .await
-            .unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
-        let mut computed = Vec::new();
-        let mut spills = 0;
-        rows_computed(&plan, &mut computed, &mut spills);
-        (text, computed, spills)
-    }
 
     #[tokio::test]
     async fn a_subquery_read_twice_is_computed_once_with_the_same_answer() {
