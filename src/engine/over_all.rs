@@ -157,32 +157,16 @@ mod tests {
     use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
-    use datafusion::execution::SessionStateBuilder;
-    use datafusion::execution::memory_pool::FairSpillPool;
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionContext;
 
     use super::*;
-    use crate::engine::rule_testing::{run, shared_run};
-    use crate::engine::{KilnQueryPlanner, ShareRepeatedSubqueries};
+    use crate::engine::ShareRepeatedSubqueries;
+    use crate::engine::rule_testing::{run, shared_run, small_state};
 
     /// `n` rows of `t(id, k, x, s)` in three partitions, with kiln's rules
     /// or without; `pool` bytes of memory (none: unbounded).
     fn context(kiln: bool, n: i64, pool: Option<usize>) -> SessionContext {
-        let mut runtime = RuntimeEnvBuilder::new();
-        if let Some(bytes) = pool {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(bytes)));
-        }
-        let mut state = SessionStateBuilder::new()
-            .with_config(
-                SessionConfig::new()
-                    .with_target_partitions(2)
-                    .with_batch_size(64)
-                    .set_usize("datafusion.execution.sort_spill_reservation_bytes", 64 << 10),
-            )
-            .with_runtime_env(runtime.build_arc().unwrap())
-            .with_default_features()
-            .with_query_planner(Arc::new(KilnQueryPlanner));
+        let mut state = small_state(64, pool);
         if kiln {
             state = state
                 .with_analyzer_rule(Arc::new(ShareRepeatedSubqueries))

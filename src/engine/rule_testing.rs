@@ -8,6 +8,8 @@ use arrow::array::RecordBatch;
 use arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::optimizer::OptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -33,6 +35,26 @@ pub fn session_with(
     let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
     ctx.register_table(name, Arc::new(table)).unwrap();
     ctx
+}
+
+/// A session's state with kiln's query planner, two partitions, batches of
+/// `batch_size` rows and `pool` bytes of memory (none: unbounded), its
+/// sorts reserving little, so that a small pool makes operators spill.
+pub fn small_state(batch_size: usize, pool: Option<usize>) -> SessionStateBuilder {
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(bytes) = pool {
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(bytes)));
+    }
+    SessionStateBuilder::new()
+        .with_config(
+            SessionConfig::new()
+                .with_target_partitions(2)
+                .with_batch_size(batch_size)
+                .set_usize("datafusion.execution.sort_spill_reservation_bytes", 64 << 10),
+        )
+        .with_runtime_env(runtime.build_arc().unwrap())
+        .with_default_features()
+        .with_query_planner(Arc::new(KilnQueryPlanner))
 }
 
 /// The query's result, as a table of text.

@@ -64,13 +64,6 @@ fn demo_commits_feature_sets_and_a_second_run_adds_versions() {
 #[test]
 fn the_enrichment_sample_pipeline_agrees_with_duckdb() {
     const CHECK: &str = r#"
-import json, sys
-import duckdb
-from deltalake import DeltaTable
-raw, table = sys.argv[1], sys.argv[2]
-con = duckdb.connect()
-con.execute("SET TimeZone = 'UTC'")
-con.register("k", DeltaTable(table).to_pyarrow_table())
 con.execute(f"""
 CREATE TABLE want AS
 WITH e AS (SELECT * FROM read_parquet('{raw}/events/*/*.parquet', hive_partitioning = false)),
@@ -97,7 +90,7 @@ print(json.dumps({
     let sample = run_sample("event_enriched");
     let (raw, features) = (&sample.raw, &sample.features);
     let table = format!("{features}/event_enriched");
-    let got = python_json(CHECK, &[raw, &table], &[]);
+    let got = against_duckdb(CHECK, raw, &table);
     assert_eq!(got["rows"], 20000, "{got}");
     assert_eq!(got["events"], 20000, "{got}");
     assert_eq!(got["distinct_ids"], 20000, "{got}");
@@ -199,13 +192,6 @@ os._exit(0)
 #[test]
 fn the_shared_subquery_sample_pipeline_agrees_with_duckdb() {
     const CHECK: &str = r#"
-import json, os, sys
-import duckdb
-from deltalake import DeltaTable
-raw, table = sys.argv[1], sys.argv[2]
-con = duckdb.connect()
-con.execute("SET TimeZone = 'UTC'")
-con.register("k", DeltaTable(table).to_pyarrow_table())
 con.execute(f"""
 CREATE TABLE want AS
 WITH e AS (SELECT * FROM read_parquet('{raw}/events/*/*.parquet', hive_partitioning = false)),
@@ -229,7 +215,7 @@ os._exit(0)
 "#;
     let sample = run_sample("user_vs_usual");
     let (raw, features) = (&sample.raw, &sample.features);
-    let got = python_json(CHECK, &[raw, &format!("{features}/user_vs_usual")], &[]);
+    let got = against_duckdb(CHECK, raw, &format!("{features}/user_vs_usual"));
     assert!(got["rows"].as_u64().unwrap() > 1000, "{got}");
     assert_eq!(got["rows"], got["want"], "{got}");
     assert_eq!(got["mismatches"], 0, "{got}");
@@ -247,13 +233,6 @@ os._exit(0)
 #[test]
 fn the_user_daily_sample_pipeline_agrees_with_duckdb() {
     const CHECK: &str = r#"
-import json, os, sys
-import duckdb
-from deltalake import DeltaTable
-raw, table = sys.argv[1], sys.argv[2]
-con = duckdb.connect()
-con.execute("SET TimeZone = 'UTC'")
-con.register("k", DeltaTable(table).to_pyarrow_table())
 con.execute(f"""
 CREATE TABLE want AS
 WITH e AS (SELECT * FROM read_parquet('{raw}/events/*/*.parquet', hive_partitioning = false)),
@@ -280,11 +259,7 @@ print(json.dumps({
 os._exit(0)
 "#;
     let sample = run_sample("user_daily");
-    let got = python_json(
-        CHECK,
-        &[&sample.raw, &format!("{}/user_daily", sample.features)],
-        &[],
-    );
+    let got = against_duckdb(CHECK, &sample.raw, &format!("{}/user_daily", sample.features));
     assert!(got["rows"].as_u64().unwrap() > 1000, "{got}");
     assert_eq!(got["rows"], got["want"], "{got}");
     assert_eq!(got["mismatches"], 0, "{got}");
@@ -294,6 +269,22 @@ os._exit(0)
         plan.contains("CrossJoinExec") && !plan.contains("WindowAggExec"),
         "{plan}"
     );
+}
+
+/// Runs `check` (Python that prints one JSON answer) after a prelude that
+/// gives it `con`, a DuckDB connection in UTC, `raw`, the demo's raw data
+/// folder, and kiln's feature set at `table` registered as `k`.
+fn against_duckdb(check: &str, raw: &str, table: &str) -> serde_json::Value {
+    const PRELUDE: &str = r#"
+import json, os, sys
+import duckdb
+from deltalake import DeltaTable
+raw, table = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+con.register("k", DeltaTable(table).to_pyarrow_table())
+"#;
+    python_json(&format!("{PRELUDE}{check}"), &[raw, table], &[])
 }
 
 /// A sample pipeline from `pipelines/`, run over 20,000 demo events.

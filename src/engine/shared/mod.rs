@@ -217,31 +217,14 @@ mod tests {
     use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
-    use datafusion::execution::SessionStateBuilder;
-    use datafusion::execution::memory_pool::FairSpillPool;
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionContext;
 
     use super::*;
-    use crate::engine::KilnQueryPlanner;
-    use crate::engine::rule_testing::{run, shared_run};
+    use crate::engine::rule_testing::{run, shared_run, small_state};
 
     /// Events and their items; `pool` bytes of memory (none: unbounded).
     fn context(share: bool, pool: Option<usize>) -> SessionContext {
-        let mut runtime = RuntimeEnvBuilder::new();
-        if let Some(bytes) = pool {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(bytes)));
-        }
-        let mut state = SessionStateBuilder::new()
-            .with_config(
-                SessionConfig::new()
-                    .with_target_partitions(2)
-                    .with_batch_size(8)
-                    .set_usize("datafusion.execution.sort_spill_reservation_bytes", 64 << 10),
-            )
-            .with_runtime_env(runtime.build_arc().unwrap())
-            .with_default_features()
-            .with_query_planner(Arc::new(KilnQueryPlanner));
+        let mut state = small_state(8, pool);
         if share {
             state = state.with_analyzer_rule(Arc::new(ShareRepeatedSubqueries));
         }
