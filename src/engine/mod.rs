@@ -12,6 +12,7 @@ mod resources;
 #[cfg(test)]
 mod rule_testing;
 mod shared;
+mod types;
 
 use std::sync::Arc;
 

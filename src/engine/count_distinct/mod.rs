@@ -36,6 +36,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 
+use crate::engine::types::widens_to_i64;
 use accumulator::DistinctCounts;
 use pairs::{IntegerPairs, PairTable, StringPairs};
 
@@ -182,17 +183,11 @@ fn kiln_count_distinct(expr: &Expr, schema: &datafusion::common::DFSchema) -> Op
         return None;
     }
     let from = p.args[0].get_type(schema).ok()?;
-    let (values, to) = match from {
+    let (values, to) = match &from {
         DataType::Utf8View | DataType::Utf8 | DataType::LargeUtf8 => {
             (Values::Strings, StringPairs::VALUE_TYPE)
         }
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32 => (Values::Integers, IntegerPairs::VALUE_TYPE),
+        t if widens_to_i64(t) => (Values::Integers, IntegerPairs::VALUE_TYPE),
         _ => return None,
     };
     let arg = if from == to {

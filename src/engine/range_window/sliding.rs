@@ -16,6 +16,8 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::common::Result;
 
+use crate::engine::types::widens_to_i64;
+
 /// The window aggregates the operator computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -51,13 +53,7 @@ impl Kind {
 /// `f64`; both convert back to the window's own output type exactly.
 pub fn working_type(t: &DataType) -> Option<DataType> {
     match t {
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32 => Some(DataType::Int64),
+        t if widens_to_i64(t) => Some(DataType::Int64),
         DataType::Float32 | DataType::Float64 => Some(DataType::Float64),
         _ => None,
     }
