@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod report;
 pub mod run;
 pub mod source;
+pub mod training;
 pub mod trigger;
 
 pub use error::{KilnError, Result};

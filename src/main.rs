@@ -225,6 +225,48 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Build a point-in-time training set: each label row with, from each feature set, the latest
+    /// row of its entity from before the label's time. Commits it as a new version at --out.
+    ///
+    /// --feature-time, --prefix and --entity-map apply to the --features before them.
+    TrainingSet {
+        /// The labels: Parquet, CSV or JSON files (a file, folder or glob; s3:// and gs:// too),
+        /// or a feature set (LOCATION or LOCATION@VERSION).
+        #[arg(long, value_name = "URL")]
+        labels: String,
+        /// The labels' file format (default: from the file names).
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        labels_format: Option<kiln::training::LabelFormat>,
+        /// The entity key column(s) of the labels.
+        #[arg(long, value_name = "COL[,COL...]", value_delimiter = ',', required = true)]
+        entity: Vec<String>,
+        /// The labels' time column (TIMESTAMP, DATE or ISO 8601 strings).
+        #[arg(long, value_name = "COL")]
+        label_time: String,
+        /// A feature set to join, pinned (URL@VERSION) or at its latest version (resolved once).
+        #[arg(long, value_name = "URL[@VERSION]", required = true)]
+        features: Vec<String>,
+        /// The time column of the --features before it (default: its declared timestamp).
+        #[arg(long, value_name = "COL")]
+        feature_time: Vec<String>,
+        /// Put before every column name of the --features before it.
+        #[arg(long, value_name = "PFX")]
+        prefix: Vec<String>,
+        /// Label entity column → column of the --features before it, where the names differ.
+        #[arg(long, value_name = "LABELCOL=FEATURECOL,...", value_delimiter = ',')]
+        entity_map: Vec<String>,
+        /// Match feature rows at the label's time too (default: strictly before it).
+        #[arg(long)]
+        inclusive: bool,
+        /// Ignore a feature row older than this at the label's time (`7d`, `12h`).
+        #[arg(long, value_name = "DURATION", value_parser = run::parse_duration)]
+        max_age: Option<std::time::Duration>,
+        /// Where the training set is committed (a new location or an earlier training set).
+        #[arg(long, value_name = "URL")]
+        out: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Show one version of a feature set: schema, lineage and statistics.
     Show {
         /// LOCATION or LOCATION@VERSION (the latest when no version is given).
@@ -359,16 +401,6 @@ fn variables(set: Vec<(String, String)>) -> Variables {
     Variables::from_env(set.into_iter().collect::<BTreeMap<_, _>>())
 }
 
-/// `path@3` is version 3 of `path`; an `@` not followed by digits is part of the path.
-fn split_version(url: &str) -> (String, Option<u64>) {
-    match url.rsplit_once('@') {
-        Some((base, v)) if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()) => {
-            (base.to_string(), v.parse().ok())
-        }
-        _ => (url.to_string(), None),
-    }
-}
-
 fn emit<T: serde::Serialize>(output: Output, value: &T, text: impl FnOnce(&T) -> String) {
     match output {
         Output::Json => println!(
@@ -379,7 +411,30 @@ fn emit<T: serde::Serialize>(output: Output, value: &T, text: impl FnOnce(&T) ->
     }
 }
 
-async fn execute(command: Command) -> Result<ExitCode, KilnError> {
+/// The feature sets of `kiln training-set`, each with the flags that follow
+/// its --features on the command line.
+fn training_features(matches: &clap::ArgMatches) -> Result<Vec<kiln::training::FeaturesSpec>, String> {
+    use kiln::training::FeaturesFlag;
+    let Some(sub) = matches.subcommand_matches("training-set") else {
+        return Ok(Vec::new());
+    };
+    let mut flags = Vec::new();
+    let mut gather = |id: &str, make: fn(String) -> FeaturesFlag| {
+        if let (Some(values), Some(at)) = (sub.get_many::<String>(id), sub.indices_of(id)) {
+            flags.extend(at.zip(values.map(|v| make(v.clone()))));
+        }
+    };
+    gather("features", FeaturesFlag::Features);
+    gather("feature_time", FeaturesFlag::Time);
+    gather("prefix", FeaturesFlag::Prefix);
+    gather("entity_map", FeaturesFlag::EntityMap);
+    kiln::training::features_specs(flags)
+}
+
+async fn execute(
+    command: Command,
+    features: Vec<kiln::training::FeaturesSpec>,
+) -> Result<ExitCode, KilnError> {
     let resources = Resources::detect();
     match command {
         Command::Demo { dir, events } => {
@@ -584,8 +639,31 @@ async fn execute(command: Command) -> Result<ExitCode, KilnError> {
                 }
             }
         }
+        Command::TrainingSet {
+            labels,
+            labels_format,
+            entity,
+            label_time,
+            inclusive,
+            max_age,
+            out,
+            output,
+            ..
+        } => {
+            let request = kiln::training::TrainingSetRequest {
+                labels: kiln::training::LabelSource::resolve(&labels, labels_format).await?,
+                entity,
+                label_time,
+                features,
+                inclusive,
+                max_age,
+                out,
+            };
+            let summary = kiln::training::build_training_set(&request, &resources).await?;
+            emit(output, &summary, report::training_set);
+        }
         Command::Show { url, output } => {
-            let (location, version) = split_version(&url);
+            let (location, version) = featureset::split_version(&url);
             let table = featureset::open_existing(&location, version).await?;
             let detail = featureset::version_detail(&table, &location).await?;
             emit(output, &detail, report::version_detail);
@@ -631,7 +709,19 @@ fn demo_text(report: &demo::DemoReport) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let features = match training_features(&matches) {
+        Ok(features) => features,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    kiln::training::size_polars_threads();
     logging::init(cli.log_format);
     // Test builds only (the `failpoints` feature): FAILPOINTS=name=action.
     let _failpoints = fail::FailScenario::setup();
@@ -648,10 +738,10 @@ fn main() -> ExitCode {
     let handles_signals = matches!(cli.command, Command::Stream { .. } | Command::Worker { .. });
     let outcome = runtime.block_on(async {
         if handles_signals {
-            return execute(cli.command).await;
+            return execute(cli.command, features).await;
         }
         tokio::select! {
-            done = execute(cli.command) => done,
+            done = execute(cli.command, features) => done,
             stop = signals::stop_requested() => {
                 eprintln!(
                     "error: stopped by {}: versions committed before it stay; the rest was not committed",
@@ -678,7 +768,7 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::split_version;
+    use kiln::featureset::split_version;
 
     #[test]
     fn version_suffix() {

@@ -3,11 +3,12 @@
 
 use std::fmt::Write;
 
-use crate::featureset::{VersionDetail, VersionInfo};
+use crate::featureset::{TrainingSetLineage, VersionDetail, VersionInfo};
 use crate::run::{
     CheckReport, InsertPlan, RunSummary, SinkOutcome, StreamSummary, TriggerReport, TriggerStatus,
     WorkerSummary,
 };
+use crate::training::TrainingSetSummary;
 
 pub fn run_summary(s: &RunSummary) -> String {
     let mut out = String::new();
@@ -225,6 +226,24 @@ pub fn version_detail(d: &VersionDetail) -> String {
             l.run_id, l.mode
         ),
     );
+    if !l.key.is_empty() || l.timestamp.is_some() {
+        line(
+            w,
+            format!(
+                "  key:        {} (timestamp: {})",
+                if l.key.is_empty() {
+                    "-".to_string()
+                } else {
+                    l.key.join(", ")
+                },
+                l.timestamp.as_deref().unwrap_or("-")
+            ),
+        );
+    }
+    if let Some(t) = &l.training_set {
+        out.push_str(&training_set_inputs(t));
+    }
+    let w = &mut out;
     line(w, format!("  rows written: {}", l.rows_written));
     line(w, format!("  inputs:     {} files", l.inputs.len()));
     for f in l.inputs.iter().take(10) {
@@ -257,6 +276,71 @@ pub fn version_detail(d: &VersionDetail) -> String {
                 c.mean.map_or("-".to_string(), |m| format!("{m:.4}")),
             ),
         );
+    }
+    out
+}
+
+/// What a training set joined, as `kiln show` and `kiln training-set` print it.
+fn training_set_inputs(t: &TrainingSetLineage) -> String {
+    let mut out = String::new();
+    let labels_version = t
+        .labels
+        .version
+        .map_or(String::new(), |v| format!(" version {v}"));
+    writeln!(
+        out,
+        "  labels:     {}{labels_version} ({}, {} rows), entity {}, time {}",
+        t.labels.location,
+        t.labels.format,
+        t.labels.rows,
+        t.entity.join(", "),
+        t.label_time
+    )
+    .expect("writing to a String");
+    let rule = if t.inclusive {
+        "at or before"
+    } else {
+        "strictly before"
+    };
+    let age = t
+        .max_age
+        .as_ref()
+        .map_or(String::new(), |a| format!(", at most {a} old"));
+    writeln!(
+        out,
+        "  match:      the latest feature row {rule} the label time{age}"
+    )
+    .expect("writing to a String");
+    for f in &t.features {
+        let prefix = f
+            .prefix
+            .as_ref()
+            .map_or(String::new(), |p| format!(", prefix {p}"));
+        writeln!(
+            out,
+            "  features:   {} version {} (time {}, entity {}{prefix}): {} rows, {} label rows matched",
+            f.location,
+            f.version,
+            f.time,
+            f.entity.join(", "),
+            f.rows,
+            f.matched
+        )
+        .expect("writing to a String");
+    }
+    out
+}
+
+pub fn training_set(s: &TrainingSetSummary) -> String {
+    let mut out = format!(
+        "committed training set {} version {} ({} rows, {:.1} s)\n",
+        s.location,
+        s.version,
+        s.rows,
+        s.elapsed_ms as f64 / 1000.0
+    );
+    if let Some(t) = &s.lineage.training_set {
+        out.push_str(&training_set_inputs(t));
     }
     out
 }

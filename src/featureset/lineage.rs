@@ -20,6 +20,13 @@ pub struct Lineage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_id: Option<String>,
     pub mode: String,
+    /// The feature set's entity key columns, as its pipeline declares them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<String>,
+    /// Its event-time column, as declared: what `kiln training-set` matches
+    /// label times against unless told otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
     /// Every input file the run read.
     pub inputs: Vec<InputFile>,
     /// Every Kafka offset range the run read.
@@ -34,6 +41,53 @@ pub struct Lineage {
     /// From the start of the run to this commit's staging.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// For a version written by `kiln training-set`: what it joined, and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_set: Option<TrainingSetLineage>,
+}
+
+/// How a training set was made: its labels, each feature set at the exact
+/// version joined, and the matching rule. The label files (when the labels
+/// are files) are the lineage's `inputs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSetLineage {
+    pub labels: LabelsInput,
+    pub entity: Vec<String>,
+    pub label_time: String,
+    /// A feature row at the label's time matches too.
+    pub inclusive: bool,
+    /// The oldest a matched feature row may be (`7d`, `1h 30m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    pub features: Vec<FeaturesInput>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelsInput {
+    pub location: String,
+    /// `parquet`, `csv`, `json`, or `features` for a feature set.
+    pub format: String,
+    /// The feature set version read, when the labels are a feature set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeaturesInput {
+    pub location: String,
+    /// The version joined (resolved once, at the start, when none was pinned).
+    pub version: u64,
+    /// The feature time column.
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Feature entity column for each label entity column, in `entity` order.
+    pub entity: Vec<String>,
+    /// Feature rows in the version.
+    pub rows: u64,
+    /// Label rows that found a feature row.
+    pub matched: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -29,7 +29,10 @@ use crate::pipeline::SinkMode;
 
 pub use dead_letters::{DeadLetter, dead_letter_batch, dead_letter_location, dead_letter_schema};
 pub use history::{VersionDetail, VersionInfo, version_detail, version_info, versions};
-pub use lineage::{ColumnStats, InputFile, KafkaInput, LINEAGE_KEY, Lineage, LostRange};
+pub use lineage::{
+    ColumnStats, FeaturesInput, InputFile, KafkaInput, LINEAGE_KEY, LabelsInput, Lineage, LostRange,
+    TrainingSetLineage,
+};
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
 pub use tables::OpenTables;
@@ -52,6 +55,16 @@ pub fn table_url(location: &str) -> Result<Url> {
         url.set_path(&format!("{}/", url.path()));
     }
     Ok(url)
+}
+
+/// `path@3` is version 3 of `path`; an `@` not followed by digits is part of the path.
+pub fn split_version(url: &str) -> (String, Option<u64>) {
+    match url.rsplit_once('@') {
+        Some((base, v)) if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()) => {
+            (base.to_string(), v.parse().ok())
+        }
+        _ => (url.to_string(), None),
+    }
 }
 
 /// Open a feature set; `None` when nothing has been committed there yet.

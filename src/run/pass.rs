@@ -181,6 +181,8 @@ async fn run_pass(
             trigger: options.trigger.clone(),
             trigger_id: options.trigger_id.clone(),
             mode: insert.feature_set.options.mode.as_str().to_string(),
+            key: insert.feature_set.options.key.clone(),
+            timestamp: insert.feature_set.options.timestamp.clone(),
             kafka: reads.iter().flat_map(|r| r.lineage()).collect(),
             lost: pass
                 .lost
@@ -196,6 +198,7 @@ async fn run_pass(
             rows_written: files.rows,
             columns: stats,
             duration_ms: Some(started.elapsed().as_millis() as u64),
+            training_set: None,
         };
         let read_at = pass
             .read_at
@@ -421,6 +424,9 @@ async fn commit_dead_letters(
         lineage: Lineage {
             rows_written: count,
             columns: Vec::new(),
+            // The dead letters have their own columns.
+            key: Vec::new(),
+            timestamp: None,
             ..write.lineage.clone()
         },
         transactions: ledger::kafka_transactions(&pipeline.name, &ranges),

@@ -18,5 +18,6 @@ mod run_local;
 mod s3;
 mod secrets;
 mod stream;
+mod training;
 mod wait;
 mod worker;

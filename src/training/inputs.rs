@@ -1,0 +1,244 @@
+//! Reading what a training set joins: the labels (files of any format kiln
+//! reads, or a feature set) and each feature set at one version.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::compute::concat_batches;
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProviderFactory;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::datasource::listing_table_factory::ListingTableFactory;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{DFParser, Statement};
+use futures::TryStreamExt;
+
+use crate::error::{Context, KilnError, Result};
+use crate::featureset::{self, InputFile, OpenTables};
+use crate::source::{FileSourceTable, plan_declaration, register_store_for};
+
+/// Where the labels come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelSource {
+    /// Parquet, CSV or JSON files: a file, a folder, a glob, on local disk
+    /// or an object store. `format` is found from the file names when `None`.
+    Files {
+        location: String,
+        format: Option<LabelFormat>,
+    },
+    /// A feature set, at `version` or its latest.
+    FeatureSet { location: String, version: Option<u64> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelFormat {
+    Parquet,
+    Csv,
+    Json,
+}
+
+impl LabelFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            LabelFormat::Parquet => "parquet",
+            LabelFormat::Csv => "csv",
+            LabelFormat::Json => "json",
+        }
+    }
+
+    fn of_file(path: &str) -> Option<Self> {
+        let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+        let ext = name.rsplit_once('.')?.1;
+        match ext {
+            "parquet" | "parq" => Some(LabelFormat::Parquet),
+            "csv" => Some(LabelFormat::Csv),
+            "json" | "ndjson" | "jsonl" => Some(LabelFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+impl LabelSource {
+    /// `URL@V` and folders holding a Delta log are feature sets; anything
+    /// else is files.
+    pub async fn resolve(text: &str, format: Option<LabelFormat>) -> Result<Self> {
+        let (location, version) = featureset::split_version(text);
+        if version.is_some() {
+            return Ok(LabelSource::FeatureSet { location, version });
+        }
+        let glob = location.contains(['*', '?', '[']);
+        if format.is_none() && !glob && LabelFormat::of_file(&location).is_none() {
+            // A folder: a feature set when it has a Delta log. On an object
+            // store, ask deltalake; a failure there means "not a table"
+            // often enough that the files reading below reports the rest.
+            if let Ok(Some(_)) = featureset::open(&location).await {
+                return Ok(LabelSource::FeatureSet {
+                    location,
+                    version: None,
+                });
+            }
+        }
+        Ok(LabelSource::Files { location, format })
+    }
+}
+
+/// Rows read from one input, all in one batch.
+pub(super) struct Read {
+    pub batch: RecordBatch,
+    /// Files read, for the lineage (labels from files only).
+    pub files: Vec<InputFile>,
+    pub format: String,
+    pub version: Option<u64>,
+}
+
+pub(super) async fn read_labels(
+    ctx: &SessionContext,
+    tables: &OpenTables,
+    source: &LabelSource,
+) -> Result<Read> {
+    match source {
+        LabelSource::FeatureSet { location, version } => {
+            let table = tables.at(location, *version).await?;
+            let version = table.version();
+            let batch = read_feature_set(ctx, tables, location, version, "labels").await?;
+            Ok(Read {
+                batch,
+                files: Vec::new(),
+                format: "features".into(),
+                version,
+            })
+        }
+        LabelSource::Files { location, format } => {
+            let context = || format!("reading the labels at '{location}'");
+            register_store_for(ctx, location).context(context)?;
+            let location = folder_url(location);
+            let format = match format {
+                Some(f) => *f,
+                None => detect_format(ctx, &location).await?,
+            };
+            let options = match format {
+                LabelFormat::Csv => " OPTIONS ('format.has_header' 'true')",
+                _ => "",
+            };
+            let sql = format!(
+                "CREATE EXTERNAL TABLE labels STORED AS {} LOCATION '{}'{options}",
+                format.name().to_uppercase(),
+                location.replace('\'', "''")
+            );
+            let mut statements = DFParser::parse_sql(&sql).context(context)?;
+            let Some(Statement::CreateExternalTable(create)) = statements.pop_front() else {
+                return Err(KilnError::Run(format!(
+                    "the labels declaration did not parse: {sql}"
+                )));
+            };
+            let cmd = plan_declaration(ctx, &create).await.context(context)?;
+            let inner = ListingTableFactory::new()
+                .create(&ctx.state(), &cmd)
+                .await
+                .context(context)?;
+            let table = Arc::new(FileSourceTable::new("labels".into(), inner, None));
+            let batch = collect(ctx, "labels", table.clone())
+                .await
+                .map_err(|e| e.context(context()))?;
+            let files = table.take_files_read();
+            if files.is_empty() {
+                return Err(KilnError::Usage(format!(
+                    "no {} files at '{location}'",
+                    format.name()
+                )));
+            }
+            Ok(Read {
+                batch,
+                files,
+                format: format.name().into(),
+                version: None,
+            })
+        }
+    }
+}
+
+/// A folder on local disk or an object store, written the way DataFusion
+/// lists it: with a trailing `/`.
+fn folder_url(location: &str) -> String {
+    let glob = location.contains(['*', '?', '[']);
+    if glob || location.ends_with('/') || LabelFormat::of_file(location).is_some() {
+        return location.to_string();
+    }
+    let local_dir = !location.contains("://") && std::path::Path::new(location).is_dir();
+    if local_dir || location.contains("://") {
+        format!("{location}/")
+    } else {
+        location.to_string()
+    }
+}
+
+/// The one format of the files at `location`.
+async fn detect_format(ctx: &SessionContext, location: &str) -> Result<LabelFormat> {
+    let context = || format!("listing the labels at '{location}'");
+    if let Some(format) = LabelFormat::of_file(location) {
+        return Ok(format);
+    }
+    let url = ListingTableUrl::parse(location).context(context)?;
+    let store = ctx
+        .runtime_env()
+        .object_store(url.object_store())
+        .context(context)?;
+    let state = ctx.state();
+    let files: Vec<_> = url
+        .list_all_files(&state, store.as_ref(), "")
+        .await
+        .context(context)?
+        .try_collect()
+        .await
+        .context(context)?;
+    let formats: BTreeSet<&str> = files
+        .iter()
+        .filter_map(|f| LabelFormat::of_file(f.location.as_ref()))
+        .map(LabelFormat::name)
+        .collect();
+    let mut found = formats.iter();
+    match (found.next(), found.next()) {
+        (Some(one), None) => Ok(match *one {
+            "parquet" => LabelFormat::Parquet,
+            "csv" => LabelFormat::Csv,
+            _ => LabelFormat::Json,
+        }),
+        (None, _) => Err(KilnError::Usage(format!(
+            "no Parquet, CSV or JSON files at '{location}' ({} other files)",
+            files.len()
+        ))),
+        (Some(_), Some(_)) => Err(KilnError::Usage(format!(
+            "the labels at '{location}' are files of several formats ({}): give --labels-format, or a glob",
+            formats.into_iter().collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// Every row of a feature set at `version`.
+pub(super) async fn read_feature_set(
+    ctx: &SessionContext,
+    tables: &OpenTables,
+    location: &str,
+    version: Option<u64>,
+    name: &str,
+) -> Result<RecordBatch> {
+    let provider = featureset::table_provider(tables, location, version).await?;
+    collect(ctx, name, provider)
+        .await
+        .map_err(|e| e.context(format!("reading feature set '{location}'")))
+}
+
+async fn collect(
+    ctx: &SessionContext,
+    name: &str,
+    table: Arc<dyn datafusion::catalog::TableProvider>,
+) -> Result<RecordBatch> {
+    let context = || format!("reading '{name}'");
+    ctx.deregister_table(name).context(context)?;
+    ctx.register_table(name, table).context(context)?;
+    let frame = ctx.table(name).await.context(context)?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await.context(context)?;
+    Ok(concat_batches(&schema, &batches)?)
+}
