@@ -14,13 +14,13 @@
 //!   whatever order the files were read in;
 //! - `max_age` drops a match older than the label by more than that.
 
-use arrow::array::make_comparator;
 use arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
-use arrow::compute::kernels::sort::{SortColumn, SortOptions, lexsort_to_indices, sort_to_indices};
+use arrow::compute::kernels::sort::sort_to_indices;
 use arrow::compute::{filter, take};
 use polars::prelude::{AsofJoinBy, AsofStrategy, Column, DataFrame, IdxSize, PlSmallStr};
 
 use super::bridge::{polars_error, to_series};
+use super::order::by_time_then;
 use crate::error::{KilnError, Result};
 
 /// One side of the match: entity key columns (already of the same types on
@@ -86,24 +86,13 @@ pub(super) fn match_rows(
 
     // Features: complete rows, by time, then keys, then the tiebreak.
     let feature_rows = features.complete_rows()?;
-    let mut columns = vec![SortColumn {
-        values: std::sync::Arc::new(take_i64(features.time, &feature_rows)?),
-        options: None,
-    }];
-    for key in features
+    let then = features
         .keys
         .iter()
-        .chain(tiebreak.iter().filter(|c| orderable(c)))
-    {
-        columns.push(SortColumn {
-            values: take(key.as_ref(), &feature_rows, None)?,
-            options: Some(SortOptions {
-                descending: false,
-                nulls_first: true,
-            }),
-        });
-    }
-    let order = lexsort_to_indices(&columns, None)?;
+        .chain(tiebreak)
+        .map(|c| take(c.as_ref(), &feature_rows, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    let order = by_time_then(&take_i64(features.time, &feature_rows)?, &then, true, true)?;
     let feature_rows = take_u32(&feature_rows, &order)?;
     let right = Sorted::take(features, &feature_rows)?;
 
@@ -181,12 +170,6 @@ fn asof_backward(left: &Sorted, right: &Sorted, inclusive: bool) -> Result<Vec<O
     Ok(rows.iter().collect())
 }
 
-/// Whether arrow can order values of this column (lists and structs can;
-/// maps and unions cannot, and take no part in breaking ties).
-fn orderable(column: &ArrayRef) -> bool {
-    make_comparator(column.as_ref(), column.as_ref(), SortOptions::default()).is_ok()
-}
-
 fn take_i64(values: &Int64Array, rows: &UInt32Array) -> Result<Int64Array> {
     Ok(take(values, rows, None)?
         .as_any()
@@ -213,6 +196,11 @@ pub(super) fn brute_force(
     rule: Rule,
 ) -> Vec<Option<u32>> {
     use std::cmp::Ordering;
+
+    use arrow::array::make_comparator;
+    use arrow::compute::kernels::sort::SortOptions;
+
+    use super::order::orderable;
     let comparators: Vec<_> = features
         .keys
         .iter()

@@ -18,6 +18,7 @@ mod asof;
 mod bridge;
 mod inputs;
 mod keys;
+mod order;
 mod time;
 
 use std::collections::BTreeMap;
@@ -25,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::kernels::sort::{SortColumn, SortOptions, lexsort_to_indices};
 use arrow::compute::take;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::Serialize;
@@ -290,32 +290,17 @@ fn order_labels(batch: &RecordBatch, request: &TrainingSetRequest) -> Result<Rec
     let time = column(batch, &request.label_time, "the labels", "--label-time")?;
     let what = format!("label time column '{}'", request.label_time);
     let unit = time::unit_of(&what, time.data_type())?;
-    let nulls_last = Some(SortOptions {
-        descending: false,
-        nulls_first: false,
-    });
-    let mut sort = vec![SortColumn {
-        values: Arc::new(time::instants(&what, time, unit)?),
-        options: nulls_last,
-    }];
+    let instants = time::instants(&what, time, unit)?;
+    let mut then = Vec::new();
     for name in &request.entity {
-        sort.push(SortColumn {
-            values: column(batch, name, "the labels", "--entity")?.clone(),
-            options: nulls_last,
-        });
+        then.push(column(batch, name, "the labels", "--entity")?.clone());
     }
     for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
-        let is_key = request.entity.contains(field.name()) || field.name() == &request.label_time;
-        let orderable =
-            arrow::array::make_comparator(array.as_ref(), array.as_ref(), SortOptions::default()).is_ok();
-        if !is_key && orderable {
-            sort.push(SortColumn {
-                values: array.clone(),
-                options: nulls_last,
-            });
+        if !request.entity.contains(field.name()) && field.name() != &request.label_time {
+            then.push(array.clone());
         }
     }
-    let order = lexsort_to_indices(&sort, None)?;
+    let order = order::by_time_then(&instants, &then, false, false)?;
     let columns = batch
         .columns()
         .iter()
