@@ -31,6 +31,7 @@ pub use planner::KilnQueryPlanner;
 pub use range_window::DailyRangeWindows;
 pub use resources::{Resources, parse_bytes};
 pub use shared::ShareRepeatedSubqueries;
+pub(crate) use types::widens_to_i64;
 
 /// One session per run, sized to the container.
 pub fn session(resources: &Resources) -> Result<SessionContext> {

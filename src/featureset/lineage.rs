@@ -9,7 +9,8 @@ pub const LINEAGE_KEY: &str = "kiln";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lineage {
     pub pipeline: String,
-    /// sha256 of the pipeline SQL after variable substitution.
+    /// sha256 of the pipeline SQL after variable substitution (for a
+    /// training set: of its inputs, versions and options).
     pub sql_sha256: String,
     pub kiln_version: String,
     pub run_id: String,

@@ -112,11 +112,7 @@ pub(super) async fn read_labels(
         LabelSource::Files { location, format } => {
             let context = || format!("reading the labels at '{location}'");
             register_store_for(ctx, location).context(context)?;
-            let location = folder_url(location);
-            let format = match format {
-                Some(f) => *f,
-                None => detect_format(ctx, &location).await?,
-            };
+            let (format, location) = locate(ctx, &folder_url(location), *format).await?;
             let options = match format {
                 LabelFormat::Csv => " OPTIONS ('format.has_header' 'true')",
                 _ => "",
@@ -173,11 +169,18 @@ fn folder_url(location: &str) -> String {
     }
 }
 
-/// The one format of the files at `location`.
-async fn detect_format(ctx: &SessionContext, location: &str) -> Result<LabelFormat> {
+/// The format of the files at `location`, and the location to read them
+/// from. DataFusion lists a folder's files by the extension of their format
+/// (`.parquet`, `.csv`, `.json`); a folder of `.ndjson`, `.jsonl` or
+/// `.parq` files is read through a glob of their extension instead.
+async fn locate(
+    ctx: &SessionContext,
+    location: &str,
+    format: Option<LabelFormat>,
+) -> Result<(LabelFormat, String)> {
     let context = || format!("listing the labels at '{location}'");
-    if let Some(format) = LabelFormat::of_file(location) {
-        return Ok(format);
+    if let Some(named) = LabelFormat::of_file(location) {
+        return Ok((format.unwrap_or(named), location.to_string()));
     }
     let url = ListingTableUrl::parse(location).context(context)?;
     let store = ctx
@@ -192,27 +195,47 @@ async fn detect_format(ctx: &SessionContext, location: &str) -> Result<LabelForm
         .try_collect()
         .await
         .context(context)?;
-    let formats: BTreeSet<&str> = files
+    let typed: Vec<(LabelFormat, &str)> = files
         .iter()
-        .filter_map(|f| LabelFormat::of_file(f.location.as_ref()))
-        .map(LabelFormat::name)
+        .filter_map(|f| {
+            let path = f.location.as_ref();
+            let found = LabelFormat::of_file(path)?;
+            let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
+            format
+                .is_none_or(|wanted| wanted == found)
+                .then_some((found, ext))
+        })
         .collect();
-    let mut found = formats.iter();
-    match (found.next(), found.next()) {
-        (Some(one), None) => Ok(match *one {
-            "parquet" => LabelFormat::Parquet,
-            "csv" => LabelFormat::Csv,
-            _ => LabelFormat::Json,
-        }),
-        (None, _) => Err(KilnError::Usage(format!(
-            "no Parquet, CSV or JSON files at '{location}' ({} other files)",
-            files.len()
-        ))),
-        (Some(_), Some(_)) => Err(KilnError::Usage(format!(
-            "the labels at '{location}' are files of several formats ({}): give --labels-format, or a glob",
-            formats.into_iter().collect::<Vec<_>>().join(", ")
-        ))),
+    let formats: BTreeSet<&str> = typed.iter().map(|(f, _)| f.name()).collect();
+    let extensions: BTreeSet<&str> = typed.iter().map(|(_, e)| *e).collect();
+    let (found, ext) = match typed.first() {
+        None => {
+            let wanted = format.map_or("Parquet, CSV or JSON".to_string(), |f| f.name().to_string());
+            return Err(KilnError::Usage(format!(
+                "no {wanted} files at '{location}' ({} other files)",
+                files.len()
+            )));
+        }
+        Some(_) if formats.len() > 1 => {
+            return Err(KilnError::Usage(format!(
+                "the labels at '{location}' are files of several formats ({}): give --labels-format, or a glob",
+                formats.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Some(&first) => first,
+    };
+    let glob = location.contains(['*', '?', '[']);
+    if glob || ext.eq_ignore_ascii_case(found.name()) && extensions.len() == 1 {
+        return Ok((found, location.to_string()));
     }
+    if extensions.len() > 1 {
+        return Err(KilnError::Usage(format!(
+            "the labels at '{location}' are {} files named *.{}: give a glob of one, or rename them",
+            found.name(),
+            extensions.into_iter().collect::<Vec<_>>().join(", *.")
+        )));
+    }
+    Ok((found, format!("{location}*.{ext}")))
 }
 
 /// Every row of a feature set at `version`.

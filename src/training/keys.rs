@@ -6,6 +6,7 @@ use arrow::array::ArrayRef;
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::DataType;
 
+use crate::engine::widens_to_i64;
 use crate::error::{KilnError, Result};
 
 /// The label and feature key columns, cast to the type they are compared in.
@@ -17,7 +18,8 @@ pub(super) fn align(
     feature_set: &str,
 ) -> Result<(ArrayRef, ArrayRef)> {
     let (lt, ft) = (value_type(label.data_type()), value_type(feature.data_type()));
-    let common = if is_integer(lt) && is_integer(ft) {
+    // UInt64 would not fit Int64 in general; it is compared as itself.
+    let common = if widens_to_i64(lt) && widens_to_i64(ft) {
         DataType::Int64
     } else if is_string(lt) && is_string(ft) {
         DataType::Utf8View
@@ -60,11 +62,6 @@ fn value_type(t: &DataType) -> &DataType {
         DataType::Dictionary(_, value) => value,
         other => other,
     }
-}
-
-fn is_integer(t: &DataType) -> bool {
-    // UInt64 would not fit Int64 in general; it is compared as itself.
-    t.is_integer() && t != &DataType::UInt64
 }
 
 fn is_string(t: &DataType) -> bool {

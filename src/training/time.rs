@@ -29,10 +29,14 @@ pub(super) fn unit_of(what: &str, data_type: &DataType) -> Result<TimeUnit> {
         DataType::Date32 => Ok(TimeUnit::Second),
         DataType::Date64 => Ok(TimeUnit::Millisecond),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(TimeUnit::Microsecond),
-        other => Err(KilnError::Usage(format!(
-            "{what} has type {other}: it must be a TIMESTAMP, a DATE or an ISO 8601 string"
-        ))),
+        other => Err(not_a_time(what, other)),
     }
+}
+
+fn not_a_time(what: &str, t: &DataType) -> KilnError {
+    KilnError::Usage(format!(
+        "{what} has type {t}: it must be a TIMESTAMP, a DATE or an ISO 8601 string"
+    ))
 }
 
 /// The finer of two units.
@@ -67,11 +71,7 @@ pub(super) fn instants(what: &str, array: &ArrayRef, unit: TimeUnit) -> Result<I
             let parsed = parse_strings(what, array)?;
             (parsed, TimeUnit::Microsecond)
         }
-        other => {
-            return Err(KilnError::Usage(format!(
-                "{what} has type {other}: it must be a TIMESTAMP, a DATE or an ISO 8601 string"
-            )));
-        }
+        other => return Err(not_a_time(what, other)),
     };
     let factor = per_second(unit) / per_second(from);
     if factor == 1 {

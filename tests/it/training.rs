@@ -242,15 +242,14 @@ fn no_future_row_leaks_and_ties_are_broken_by_value() {
     );
     kiln(dir, &["run", "f.sql", "--set", &format!("DIR={}", dir.display())]).ok();
     // Labels as JSON lines with times in another zone: 12:00Z written as 13:00+01:00.
-    write(
-        &dir.join("labels.json"),
-        "{\"user\": \"u1\", \"at\": \"2026-03-01T13:00:00+01:00\"}\n{\"user\": \"u3\", \"at\": \"2026-03-02T00:00:00Z\"}\n",
-    );
-    let read = |extra: &[&str]| -> Vec<serde_json::Value> {
+    let labels = "{\"user\": \"u1\", \"at\": \"2026-03-01T13:00:00+01:00\"}\n{\"user\": \"u3\", \"at\": \"2026-03-02T00:00:00Z\"}\n";
+    write(&dir.join("labels.json"), labels);
+    write(&dir.join("nd/part-0.ndjson"), labels);
+    let read_from = |labels: &str, extra: &[&str]| -> Vec<serde_json::Value> {
         let mut args = vec![
             "training-set",
             "--labels",
-            "labels.json",
+            labels,
             "--entity",
             "user",
             "--label-time",
@@ -275,6 +274,7 @@ fn no_future_row_leaks_and_ties_are_broken_by_value() {
         );
         rows.as_array().unwrap().clone()
     };
+    let read = |extra: &[&str]| read_from("labels.json", extra);
     let strict = read(&[]);
     assert_eq!(strict.len(), 2, "every label row once: {strict:?}");
     // The row exactly at the label time is not seen; of the two at 11:00
@@ -291,6 +291,8 @@ fn no_future_row_leaks_and_ties_are_broken_by_value() {
         young[0]["f_v"], "None",
         "an hour-old row is older than 30m: {young:?}"
     );
+    // A folder of .ndjson files (DataFusion lists only *.json by itself).
+    assert_eq!(read_from("nd", &[]), strict);
 }
 
 #[test]
