@@ -10,6 +10,8 @@ processes on the same files, each --repeat times (medians reported):
             commits a new Delta version with statistics and lineage)
   - DuckDB: ASOF LEFT JOIN over the feature set's Parquet files, to Parquet
   - Polars: sort both sides, join_asof(by=user_id, backward, strict), to Parquet
+  - kiln under --memory-limit (when given): the same command with
+            KILN_MEMORY_LIMIT set, for inputs larger than the limit
 and prints a Markdown table of wall time and peak RSS per engine, kiln's
 time and memory over the faster peer's, and whether the outputs agree
 (rows, matched rows, and the sum of every numeric feature column).
@@ -39,6 +41,7 @@ users = max(1000, features // 50)
 os.makedirs(f"{root}/raw", exist_ok=True)
 con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
+con.execute("SET enable_progress_bar = false")
 span = 30 * 86_400_000_000
 con.execute(f'''COPY (
   SELECT (hash(i) % {users})::BIGINT AS user_id,
@@ -109,6 +112,7 @@ def main():
     parser.add_argument("--sizes", nargs="+", default=["1000000x10000000"], help="LABELSxFEATURES")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--dir", default="/tmp/kiln-training-bench")
+    parser.add_argument("--memory-limit", help="also run kiln with KILN_MEMORY_LIMIT set to this (e.g. 256M)")
     args = parser.parse_args()
     kiln = os.path.abspath(args.kiln)
     py = sys.executable
@@ -132,13 +136,17 @@ def main():
             "duckdb": (lambda out: [py, "-c", DUCKDB, root, out], "parquet"),
             "polars": (lambda out: [py, "-c", POLARS, root, out], "parquet"),
         }
+        envs = {name: None for name in engines}
+        if args.memory_limit:
+            engines["kiln bounded"] = engines["kiln"]
+            envs["kiln bounded"] = dict(os.environ, KILN_MEMORY_LIMIT=args.memory_limit)
         result = {}
         for name, (cmd, kind) in engines.items():
             runs = []
             for r in range(args.repeat):
-                out = os.path.join(root, f"out-{name}" + ("" if kind == "delta" else ".parquet"))
+                out = os.path.join(root, f"out-{name.replace(' ', '-')}" + ("" if kind == "delta" else ".parquet"))
                 shutil.rmtree(out, ignore_errors=True) if kind == "delta" else (os.path.exists(out) and os.remove(out))
-                runs.append(child_peak_rss_after(cmd(out)))
+                runs.append(child_peak_rss_after(cmd(out), envs[name]))
                 print(f"{size} {name} run {r + 1}: {runs[-1][0]:.2f} s, {runs[-1][1]:.0f} MiB", file=sys.stderr)
             summary = subprocess.run([py, "-c", SUMMARY, kind, out], capture_output=True, text=True, check=True)
             result[name] = (statistics.median(t for t, _ in runs), statistics.median(m for _, m in runs),
@@ -152,6 +160,11 @@ def main():
         agree = "yes" if ks == ds == ps else f"kiln {ks} duckdb {ds} polars {ps}"
         print(f"| {labels / 1e6:g} M × {features / 1e6:g} M | {dt:.2f} s · {dm:,.0f} MiB | {pt:.2f} s · {pm:,.0f} MiB "
               f"| {kt:.2f} s · {km:,.0f} MiB | {kt / min(dt, pt):.2f} | {km / min(dm, pm):.2f} | {agree} |")
+        if "kiln bounded" in r:
+            bt, bm, bs = r["kiln bounded"]
+            same = "yes" if bs == ks else f"bounded {bs} kiln {ks}"
+            print(f"| ... kiln with KILN_MEMORY_LIMIT={args.memory_limit} | | | {bt:.2f} s · {bm:,.0f} MiB | "
+                  f"{bt / min(dt, pt):.2f} | {bm / min(dm, pm):.2f} | {same} |")
 
 
 if __name__ == "__main__":

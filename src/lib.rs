@@ -8,8 +8,11 @@
 //! [`run`] ties a whole run together ([`trigger`] messages start runs of
 //! `kiln worker`; [`events`] announce new versions and failures;
 //! [`kafka_client`] holds the Kafka settings of the command line). [`demo`] makes sample data and runs
-//! the sample pipelines; [`report`] renders results for people.
+//! the sample pipelines; [`report`] renders results for people. [`training`]
+//! builds point-in-time training sets; [`asof`] is the as-of match (in
+//! Polars) under it and under the SQL `ASOF JOIN`.
 
+pub mod asof;
 pub mod demo;
 pub mod engine;
 pub mod error;

@@ -721,7 +721,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    kiln::training::size_polars_threads();
+    kiln::asof::size_polars_threads();
     logging::init(cli.log_format);
     // Test builds only (the `failpoints` feature): FAILPOINTS=name=action.
     let _failpoints = fail::FailScenario::setup();

@@ -244,6 +244,15 @@ pub fn version_detail(d: &VersionDetail) -> String {
         out.push_str(&training_set_inputs(t));
     }
     let w = &mut out;
+    for read in &l.feature_sets_read {
+        line(
+            w,
+            format!(
+                "  read:       feature set {} at {} version {}",
+                read.name, read.location, read.version
+            ),
+        );
+    }
     line(w, format!("  rows written: {}", l.rows_written));
     line(w, format!("  inputs:     {} files", l.inputs.len()));
     for f in l.inputs.iter().take(10) {

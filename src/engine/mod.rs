@@ -1,6 +1,7 @@
 //! The DataFusion session kiln runs a pipeline in, and the planning of a
 //! pipeline against it.
 
+mod asof_join;
 mod count_distinct;
 mod distinct;
 mod join_sides;
@@ -22,6 +23,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+pub use asof_join::{AsOfJoinExec, AsOfJoinNode, AsOfJoinPlanner, MATCHED_ROWS, RIGHT_ROWS, fold_asof_joins};
 pub use count_distinct::{CountDistinct, GroupedCountDistinct, SingleStageCountDistinct};
 pub use distinct::SplitDistinctAggregates;
 pub use join_sides::BuildOnGroupedSide;
@@ -56,6 +58,13 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
     if std::env::var_os("DATAFUSION_OPTIMIZER_HASH_JOIN_SINGLE_PARTITION_THRESHOLD_ROWS").is_none() {
         optimizer.hash_join_single_partition_threshold_rows = 4_000_000;
     }
+    // A sort sets this much aside to merge its spill files; DataFusion's
+    // 10 MiB is more than all of a small pool (a `KILN_MEMORY_LIMIT` of a
+    // few MiB), where every sort would fail instead of spilling.
+    if std::env::var_os("DATAFUSION_EXECUTION_SORT_SPILL_RESERVATION_BYTES").is_none() {
+        config.options_mut().execution.sort_spill_reservation_bytes =
+            (resources.memory_pool_bytes / 32).clamp(256 << 10, 10 << 20);
+    }
     let mut runtime =
         RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(resources.memory_pool_bytes)));
     if let Some(dir) = &resources.spill_dir {
@@ -67,6 +76,9 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
+        // `ASOF JOIN` (see `fold_asof_joins`, which every statement goes
+        // through first).
+        .with_relation_planners(vec![Arc::new(AsOfJoinPlanner)])
         .with_query_planner(Arc::new(KilnQueryPlanner));
     // Where DataFusion's defaults lose to peers on feature workloads.
     let rewrites = std::env::var("KILN_REWRITES").unwrap_or_else(|_| "all".to_string());

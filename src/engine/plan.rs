@@ -7,16 +7,18 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::Column;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::dataframe::DataFrame;
+use datafusion::datasource::source_as_provider;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::tokenizer::Token;
 use deltalake::DeltaTable;
 
-use crate::featureset::{self, Fit, OpenTables};
+use crate::featureset::{self, FeatureSetRead, Fit, OpenTables};
 use crate::pipeline::{FeatureSetDecl, InsertDecl, Pipeline, Problem, SourceDecl, Statement, StatementKind};
 use crate::source::{FileSourceTable, register_file_source};
 
@@ -35,6 +37,8 @@ pub struct PlannedInsert {
     pub target_schema: SchemaRef,
     /// Whether the query adds columns to the feature set.
     pub add_columns: bool,
+    /// The feature sets the query reads, each at the version it reads.
+    pub feature_sets_read: Vec<FeatureSetRead>,
 }
 
 pub struct PlannedPipeline {
@@ -99,6 +103,7 @@ pub async fn plan_pipeline(
     }
 
     // Feature sets that exist can be read by the queries (as of the run's start).
+    let mut readable = Vec::new();
     for (stmt, decl, table) in &sinks {
         if table.is_none() {
             if !targets.contains(decl.name.as_str()) {
@@ -123,6 +128,13 @@ pub async fn plan_pipeline(
                 if let Err(e) = ctx.register_table(decl.name.as_str(), provider) {
                     problems.push(df_problem(pipeline, stmt, &e));
                 }
+                if let Some(version) = version {
+                    readable.push(FeatureSetRead {
+                        name: decl.name.clone(),
+                        location: decl.location.clone(),
+                        version,
+                    });
+                }
             }
             Err(e) => problems.push(at_location(pipeline, stmt, &decl.location, e.to_string())),
         }
@@ -142,7 +154,10 @@ pub async fn plan_pipeline(
                     .find(|(_, d, _)| d.name == insert.target)
                     .expect("inserts target declared feature sets (checked when parsed)");
                 match plan_insert(ctx, pipeline, stmt, insert, decl, table.as_ref()).await {
-                    Ok(planned) => inserts.push(planned),
+                    Ok(mut planned) => {
+                        planned.feature_sets_read = reads_of(planned.df.logical_plan(), &readable);
+                        inserts.push(planned)
+                    }
                     Err(mut p) => problems.append(&mut p),
                 }
             }
@@ -211,12 +226,47 @@ fn source_problem(pipeline: &Pipeline, stmt: &Statement, decl: &SourceDecl, e: &
 }
 
 async fn create_view(ctx: &SessionContext, view: &SqlStatement) -> datafusion::error::Result<()> {
-    let plan = ctx
-        .state()
-        .statement_to_plan(DFStatement::Statement(Box::new(view.clone())))
-        .await?;
+    let plan = plan_statement(ctx, view.clone()).await?;
     ctx.execute_logical_plan(plan).await?;
     Ok(())
+}
+
+/// The feature sets of `readable` that `plan` scans, through its views.
+fn reads_of(plan: &LogicalPlan, readable: &[FeatureSetRead]) -> Vec<FeatureSetRead> {
+    let mut names = BTreeSet::new();
+    scanned_tables(plan, &mut names);
+    readable
+        .iter()
+        .filter(|r| names.contains(r.name.as_str()))
+        .cloned()
+        .collect()
+}
+
+fn scanned_tables(plan: &LogicalPlan, names: &mut BTreeSet<String>) {
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            names.insert(scan.table_name.table().to_string());
+            if let Some(view) = source_as_provider(&scan.source)
+                .ok()
+                .and_then(|p| p.get_logical_plan().map(|plan| plan.into_owned()))
+            {
+                scanned_tables(&view, names);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+}
+
+/// DataFusion's plan of a pipeline statement, with kiln's SQL extensions
+/// (`ASOF JOIN`).
+pub(crate) async fn plan_statement(
+    ctx: &SessionContext,
+    mut statement: SqlStatement,
+) -> datafusion::error::Result<datafusion::logical_expr::LogicalPlan> {
+    super::fold_asof_joins(&mut statement);
+    ctx.state()
+        .statement_to_plan(DFStatement::Statement(Box::new(statement)))
+        .await
 }
 
 async fn plan_insert(
@@ -227,10 +277,7 @@ async fn plan_insert(
     decl: &FeatureSetDecl,
     table: Option<&DeltaTable>,
 ) -> Result<PlannedInsert, Vec<Problem>> {
-    let query = DFStatement::Statement(Box::new(SqlStatement::Query(insert.query.clone())));
-    let plan = ctx
-        .state()
-        .statement_to_plan(query)
+    let plan = plan_statement(ctx, SqlStatement::Query(insert.query.clone()))
         .await
         .map_err(|e| vec![df_problem(pipeline, stmt, &e)])?;
     let mut df = ctx
@@ -319,6 +366,7 @@ async fn plan_insert(
         df,
         target_schema,
         add_columns,
+        feature_sets_read: Vec::new(),
     })
 }
 

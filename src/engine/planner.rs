@@ -10,10 +10,11 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
+use super::asof_join::AsOfJoinPhysicalPlanner;
 use super::range_window::TrailingDaysPlanner;
 use super::shared::SharedPlanner;
 
-/// Plans kiln's trailing-day windows and shared subqueries beside
+/// Plans kiln's trailing-day windows, as-of joins and shared subqueries beside
 /// DataFusion's own nodes.
 #[derive(Debug, Default)]
 pub struct KilnQueryPlanner;
@@ -29,6 +30,7 @@ impl QueryPlanner for KilnQueryPlanner {
         // execution per physical plan, never across plans.
         DefaultPhysicalPlanner::with_extension_planners(vec![
             Arc::new(TrailingDaysPlanner),
+            Arc::new(AsOfJoinPhysicalPlanner),
             Arc::new(SharedPlanner::default()),
         ])
         .create_physical_plan(logical_plan, session)

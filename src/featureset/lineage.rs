@@ -30,6 +30,9 @@ pub struct Lineage {
     pub timestamp: Option<String>,
     /// Every input file the run read.
     pub inputs: Vec<InputFile>,
+    /// Every feature set the query read, at the exact version it read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_sets_read: Vec<FeatureSetRead>,
     /// Every Kafka offset range the run read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kafka: Vec<KafkaInput>,
@@ -45,6 +48,15 @@ pub struct Lineage {
     /// For a version written by `kiln training-set`: what it joined, and how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_set: Option<TrainingSetLineage>,
+}
+
+/// A feature set a pipeline's query read (as a table of its FROM clause).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureSetRead {
+    /// The name the pipeline declares it under.
+    pub name: String,
+    pub location: String,
+    pub version: u64,
 }
 
 /// How a training set was made: its labels, each feature set at the exact

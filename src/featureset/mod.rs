@@ -30,8 +30,8 @@ use crate::pipeline::SinkMode;
 pub use dead_letters::{DeadLetter, dead_letter_batch, dead_letter_location, dead_letter_schema};
 pub use history::{VersionDetail, VersionInfo, version_detail, version_info, versions};
 pub use lineage::{
-    ColumnStats, FeaturesInput, InputFile, KafkaInput, LINEAGE_KEY, LabelsInput, Lineage, LostRange,
-    TrainingSetLineage,
+    ColumnStats, FeatureSetRead, FeaturesInput, InputFile, KafkaInput, LINEAGE_KEY, LabelsInput, Lineage,
+    LostRange, TrainingSetLineage,
 };
 pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;

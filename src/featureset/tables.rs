@@ -150,6 +150,7 @@ mod tests {
                 key: Vec::new(),
                 timestamp: None,
                 inputs: Vec::new(),
+                feature_sets_read: Vec::new(),
                 kafka: Vec::new(),
                 lost: Vec::new(),
                 rows_written: 3,

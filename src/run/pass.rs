@@ -183,6 +183,7 @@ async fn run_pass(
             mode: insert.feature_set.options.mode.as_str().to_string(),
             key: insert.feature_set.options.key.clone(),
             timestamp: insert.feature_set.options.timestamp.clone(),
+            feature_sets_read: insert.feature_sets_read.clone(),
             kafka: reads.iter().flat_map(|r| r.lineage()).collect(),
             lost: pass
                 .lost

@@ -4,9 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::compute::concat_batches;
-use arrow::record_batch::RecordBatch;
-use datafusion::catalog::TableProviderFactory;
+use datafusion::catalog::{TableProvider, TableProviderFactory};
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::datasource::listing_table_factory::ListingTableFactory;
 use datafusion::prelude::SessionContext;
@@ -14,7 +12,7 @@ use datafusion::sql::parser::{DFParser, Statement};
 use futures::TryStreamExt;
 
 use crate::error::{Context, KilnError, Result};
-use crate::featureset::{self, InputFile, OpenTables};
+use crate::featureset::{self, OpenTables};
 use crate::source::{FileSourceTable, plan_declaration, register_store_for};
 
 /// Where the labels come from.
@@ -83,28 +81,28 @@ impl LabelSource {
     }
 }
 
-/// Rows read from one input, all in one batch.
-pub(super) struct Read {
-    pub batch: RecordBatch,
-    /// Files read, for the lineage (labels from files only).
-    pub files: Vec<InputFile>,
+/// The labels, as a table to scan.
+pub(super) struct Labels {
+    pub table: Arc<dyn TableProvider>,
+    /// The files' table, which knows after the scan which files it read
+    /// (labels from files only).
+    pub files: Option<Arc<FileSourceTable>>,
     pub format: String,
     pub version: Option<u64>,
 }
 
-pub(super) async fn read_labels(
+pub(super) async fn open_labels(
     ctx: &SessionContext,
     tables: &OpenTables,
     source: &LabelSource,
-) -> Result<Read> {
+) -> Result<Labels> {
     match source {
         LabelSource::FeatureSet { location, version } => {
             let table = tables.at(location, *version).await?;
             let version = table.version();
-            let batch = read_feature_set(ctx, tables, location, version, "labels").await?;
-            Ok(Read {
-                batch,
-                files: Vec::new(),
+            Ok(Labels {
+                table: featureset::table_provider(tables, location, version).await?,
+                files: None,
                 format: "features".into(),
                 version,
             })
@@ -134,19 +132,15 @@ pub(super) async fn read_labels(
                 .await
                 .context(context)?;
             let table = Arc::new(FileSourceTable::new("labels".into(), inner, None));
-            let batch = collect(ctx, "labels", table.clone())
-                .await
-                .map_err(|e| e.context(context()))?;
-            let files = table.take_files_read();
-            if files.is_empty() {
+            if table.list_files(&ctx.state()).await.context(context)?.is_empty() {
                 return Err(KilnError::Usage(format!(
                     "no {} files at '{location}'",
                     format.name()
                 )));
             }
-            Ok(Read {
-                batch,
-                files,
+            Ok(Labels {
+                table: table.clone(),
+                files: Some(table),
                 format: format.name().into(),
                 version: None,
             })
@@ -236,32 +230,4 @@ async fn locate(
         )));
     }
     Ok((found, format!("{location}*.{ext}")))
-}
-
-/// Every row of a feature set at `version`.
-pub(super) async fn read_feature_set(
-    ctx: &SessionContext,
-    tables: &OpenTables,
-    location: &str,
-    version: Option<u64>,
-    name: &str,
-) -> Result<RecordBatch> {
-    let provider = featureset::table_provider(tables, location, version).await?;
-    collect(ctx, name, provider)
-        .await
-        .map_err(|e| e.context(format!("reading feature set '{location}'")))
-}
-
-async fn collect(
-    ctx: &SessionContext,
-    name: &str,
-    table: Arc<dyn datafusion::catalog::TableProvider>,
-) -> Result<RecordBatch> {
-    let context = || format!("reading '{name}'");
-    ctx.deregister_table(name).context(context)?;
-    ctx.register_table(name, table).context(context)?;
-    let frame = ctx.table(name).await.context(context)?;
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await.context(context)?;
-    Ok(concat_batches(&schema, &batches)?)
 }

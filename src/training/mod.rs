@@ -2,37 +2,38 @@
 //! feature set, the latest row of its entity from before the label's time,
 //! so that no training row sees a feature from its own future.
 //!
-//! The labels and each feature set (at one version, resolved once at the
-//! start) are read into Arrow; the match runs in Polars (see [`asof`]);
-//! the feature columns are gathered in Arrow by the row numbers it
-//! returns, and the result is committed as a new version of a feature set
-//! whose lineage names every input and the exact version of each feature
-//! set.
+//! Each feature set's version is resolved once, at the start. The build is
+//! one DataFusion plan (see [`plan`]): the labels' scan, an as-of join
+//! per feature set (the node `ASOF JOIN` plans to, matching in Polars and
+//! spilling past the memory pool), and a sort into the output order; its
+//! rows are written as they come and committed as a new version of a
+//! feature set whose lineage names every input and the exact version of
+//! each feature set.
 //!
 //! Output order: by label time, then the entity columns, then the label's
 //! other columns (ascending, nulls last), so the same inputs give the same
 //! file whatever order their files were read in.
 
 mod args;
-mod asof;
-mod bridge;
 mod inputs;
 mod keys;
-mod order;
-mod time;
+mod plan;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::take;
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
+use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use args::{FeaturesFlag, features_specs};
 pub use inputs::{LabelFormat, LabelSource};
+
+use plan::FeatureInput;
 
 use crate::engine::{self, Resources};
 use crate::error::{Context, KilnError, Result};
@@ -81,18 +82,6 @@ pub struct TrainingSetSummary {
 /// The name a training set's lineage gives as its pipeline.
 pub const PIPELINE: &str = "training-set";
 
-/// Polars sizes its thread pool once, from `POLARS_MAX_THREADS`, on first
-/// use: give it the CPUs DataFusion gets (the container's quota). Call
-/// before any thread is started.
-pub fn size_polars_threads() {
-    if std::env::var_os("POLARS_MAX_THREADS").is_none() {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // SAFETY: called at start-up, before the runtime or any other
-        // thread exists, so nothing reads the environment concurrently.
-        unsafe { std::env::set_var("POLARS_MAX_THREADS", threads.to_string()) };
-    }
-}
-
 pub async fn build_training_set(
     request: &TrainingSetRequest,
     resources: &Resources,
@@ -100,6 +89,15 @@ pub async fn build_training_set(
     let started = Instant::now();
     check_request(request)?;
     let ctx = engine::session(resources).context(|| "creating the query session".to_string())?;
+    // One sort of the whole output, which spills and merges its own files:
+    // sorts per partition would meet in a merge the memory pool cannot
+    // spill, and that a pool held by the joins can starve.
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .optimizer
+        .repartition_sorts = false;
     let tables = OpenTables::default();
     refuse_other_outputs(&tables, &request.out).await?;
 
@@ -108,79 +106,29 @@ pub async fn build_training_set(
     for spec in &request.features {
         resolved.push(resolve(&tables, spec).await?);
     }
-
-    let labels = inputs::read_labels(&ctx, &tables, &request.labels).await?;
-    let labels_batch = order_labels(&labels.batch, request)?;
-    let mut columns: Vec<(Field, ArrayRef)> = labels_batch
-        .schema()
-        .fields()
-        .iter()
-        .zip(labels_batch.columns())
-        .map(|(f, c)| (f.as_ref().clone(), c.clone()))
-        .collect();
-    let mut owners: BTreeMap<String, String> = columns
-        .iter()
-        .map(|(f, _)| (f.name().clone(), "the labels".to_string()))
-        .collect();
-
-    let mut features_lineage = Vec::new();
-    for (spec, feature_set) in request.features.iter().zip(&resolved) {
-        let batch = inputs::read_feature_set(
-            &ctx,
-            &tables,
-            &spec.location,
-            Some(feature_set.version),
-            "features",
-        )
-        .await?;
-        let joined = join_one(request, &labels_batch, spec, feature_set, &batch)?;
-        for (field, array) in joined.columns {
-            if let Some(owner) =
-                owners.insert(field.name().clone(), format!("feature set '{}'", spec.location))
-            {
-                return Err(KilnError::Usage(format!(
-                    "column '{}' comes from both {owner} and feature set '{}': give that --features a --prefix",
-                    field.name(),
-                    spec.location
-                )));
-            }
-            columns.push((field, array));
-        }
-        features_lineage.push(FeaturesInput {
-            location: spec.location.clone(),
-            version: feature_set.version,
-            time: feature_set.time.clone(),
-            prefix: spec.prefix.clone(),
-            entity: joined.entity,
-            rows: batch.num_rows() as u64,
-            matched: joined.matched,
+    let labels = inputs::open_labels(&ctx, &tables, &request.labels).await?;
+    let mut features = Vec::new();
+    for (spec, r) in request.features.iter().zip(&resolved) {
+        features.push(FeatureInput {
+            spec,
+            time: r.time.clone(),
+            table: featureset::table_provider(&tables, &spec.location, Some(r.version)).await?,
         });
     }
+    let planned = plan::plan(request, Arc::clone(&labels.table), &features)?;
+    let context = || "building the training set".to_string();
+    let physical = ctx
+        .state()
+        .create_physical_plan(&planned.plan)
+        .await
+        .context(context)?;
+    let rows = execute_stream(Arc::clone(&physical), ctx.task_ctx()).context(context)?;
 
-    let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = columns.into_iter().unzip();
-    let output = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
-    let training = TrainingSetLineage {
-        labels: LabelsInput {
-            location: match &request.labels {
-                LabelSource::Files { location, .. } | LabelSource::FeatureSet { location, .. } => {
-                    location.clone()
-                }
-            },
-            format: labels.format,
-            version: labels.version,
-            rows: labels.batch.num_rows() as u64,
-        },
-        entity: request.entity.clone(),
-        label_time: request.label_time.clone(),
-        inclusive: request.inclusive,
-        max_age: request.max_age.map(|d| humantime::format_duration(d).to_string()),
-        features: features_lineage,
-    };
     let mut key = request.entity.clone();
     key.push(request.label_time.clone());
     let lineage = Lineage {
         pipeline: PIPELINE.to_string(),
-        sql_sha256: options_sha256(&training),
+        sql_sha256: String::new(),
         kiln_version: env!("CARGO_PKG_VERSION").to_string(),
         run_id: uuid::Uuid::new_v4().to_string(),
         trigger: "manual".to_string(),
@@ -188,15 +136,69 @@ pub async fn build_training_set(
         mode: SinkMode::Overwrite.as_str().to_string(),
         key,
         timestamp: Some(request.label_time.clone()),
-        inputs: labels.files,
+        inputs: Vec::new(),
+        feature_sets_read: Vec::new(),
         kafka: Vec::new(),
         lost: Vec::new(),
-        rows_written: output.num_rows() as u64,
+        rows_written: 0,
         columns: Vec::new(),
         duration_ms: None,
-        training_set: Some(training),
+        training_set: None,
     };
-    let (version, lineage) = write(&tables, &request.out, output, lineage, resources, started).await?;
+    let out_schema = Arc::new(planned.plan.schema().as_arrow().clone());
+    let written = write(
+        &tables,
+        &request.out,
+        out_schema,
+        rows,
+        lineage,
+        resources,
+        started,
+        |lineage| {
+            // What the joins counted, now that they are done.
+            let counts = join_counts(&physical);
+            let features_lineage = request
+                .features
+                .iter()
+                .zip(&resolved)
+                .zip(planned.entities.iter().zip(counts))
+                .map(|((spec, r), (entity, (rows, matched)))| FeaturesInput {
+                    location: spec.location.clone(),
+                    version: r.version,
+                    time: r.time.clone(),
+                    prefix: spec.prefix.clone(),
+                    entity: entity.clone(),
+                    rows,
+                    matched,
+                })
+                .collect();
+            let training = TrainingSetLineage {
+                labels: LabelsInput {
+                    location: match &request.labels {
+                        LabelSource::Files { location, .. } | LabelSource::FeatureSet { location, .. } => {
+                            location.clone()
+                        }
+                    },
+                    format: labels.format.clone(),
+                    version: labels.version,
+                    rows: lineage.rows_written,
+                },
+                entity: request.entity.clone(),
+                label_time: request.label_time.clone(),
+                inclusive: request.inclusive,
+                max_age: request.max_age.map(|d| humantime::format_duration(d).to_string()),
+                features: features_lineage,
+            };
+            lineage.sql_sha256 = options_sha256(&training);
+            lineage.inputs = labels
+                .files
+                .as_ref()
+                .map_or_else(Vec::new, |t| t.take_files_read());
+            lineage.training_set = Some(training);
+        },
+    )
+    .await?;
+    let (version, lineage) = written;
     Ok(TrainingSetSummary {
         location: request.out.clone(),
         version,
@@ -204,6 +206,25 @@ pub async fn build_training_set(
         elapsed_ms: started.elapsed().as_millis() as u64,
         lineage,
     })
+}
+
+/// Each as-of join's right-side rows and matched left rows, in the order
+/// the feature sets were given (the first is the innermost join).
+fn join_counts(plan: &Arc<dyn ExecutionPlan>) -> Vec<(u64, u64)> {
+    let mut counts = Vec::new();
+    let _ = plan.apply(|node| {
+        if node.name() == "AsOfJoinExec" {
+            let metric = |name: &str| {
+                node.metrics()
+                    .and_then(|m| m.sum_by_name(name))
+                    .map_or(0, |v| v.as_usize() as u64)
+            };
+            counts.push((metric(engine::RIGHT_ROWS), metric(engine::MATCHED_ROWS)));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    counts.reverse();
+    counts
 }
 
 fn check_request(request: &TrainingSetRequest) -> Result<()> {
@@ -275,130 +296,6 @@ async fn resolve(tables: &OpenTables, spec: &FeaturesSpec) -> Result<Resolved> {
     Ok(Resolved { version, time })
 }
 
-fn column<'a>(batch: &'a RecordBatch, name: &str, what: &str, flag: &str) -> Result<&'a ArrayRef> {
-    batch.column_by_name(name).ok_or_else(|| {
-        let names: Vec<_> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
-        KilnError::Usage(format!(
-            "no column '{name}' (given by {flag}) in {what}, whose columns are: {}",
-            names.join(", ")
-        ))
-    })
-}
-
-/// The labels in output order (see the module's comment).
-fn order_labels(batch: &RecordBatch, request: &TrainingSetRequest) -> Result<RecordBatch> {
-    let time = column(batch, &request.label_time, "the labels", "--label-time")?;
-    let what = format!("label time column '{}'", request.label_time);
-    let unit = time::unit_of(&what, time.data_type())?;
-    let instants = time::instants(&what, time, unit)?;
-    let mut then = Vec::new();
-    for name in &request.entity {
-        then.push(column(batch, name, "the labels", "--entity")?.clone());
-    }
-    for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
-        if !request.entity.contains(field.name()) && field.name() != &request.label_time {
-            then.push(array.clone());
-        }
-    }
-    let order = order::by_time_then(&instants, &then, false, false)?;
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| take(c.as_ref(), &order, None))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
-}
-
-/// The feature columns one feature set adds to the labels.
-struct Joined {
-    columns: Vec<(Field, ArrayRef)>,
-    /// The feature set's entity columns, in `--entity` order.
-    entity: Vec<String>,
-    matched: u64,
-}
-
-fn join_one(
-    request: &TrainingSetRequest,
-    labels: &RecordBatch,
-    spec: &FeaturesSpec,
-    resolved: &Resolved,
-    features: &RecordBatch,
-) -> Result<Joined> {
-    let what = format!("feature set '{}'", spec.location);
-    let entity: Vec<String> = request
-        .entity
-        .iter()
-        .map(|e| spec.entity_map.get(e).cloned().unwrap_or_else(|| e.clone()))
-        .collect();
-    let mut label_keys = Vec::new();
-    let mut feature_keys = Vec::new();
-    for (label_name, feature_name) in request.entity.iter().zip(&entity) {
-        let label = column(labels, label_name, "the labels", "--entity")?;
-        let feature = column(features, feature_name, &what, "--entity / --entity-map")?;
-        let (l, f) = keys::align(label_name, label, feature_name, feature, &spec.location)?;
-        label_keys.push(l);
-        feature_keys.push(f);
-    }
-    let label_what = format!("label time column '{}'", request.label_time);
-    let feature_what = format!("feature time column '{}' of {what}", resolved.time);
-    let label_time = column(labels, &request.label_time, "the labels", "--label-time")?;
-    let feature_time = column(
-        features,
-        &resolved.time,
-        &what,
-        "--feature-time or its declared timestamp",
-    )?;
-    let unit = time::finer(
-        time::unit_of(&label_what, label_time.data_type())?,
-        time::unit_of(&feature_what, feature_time.data_type())?,
-    );
-    let label_instants = time::instants(&label_what, label_time, unit)?;
-    let feature_instants = time::instants(&feature_what, feature_time, unit)?;
-
-    let payload: Vec<(&Arc<Field>, &ArrayRef)> = features
-        .schema_ref()
-        .fields()
-        .iter()
-        .zip(features.columns())
-        .filter(|(f, _)| !entity.contains(f.name()))
-        .collect();
-    let tiebreak: Vec<ArrayRef> = payload
-        .iter()
-        .filter(|(f, _)| f.name() != &resolved.time)
-        .map(|(_, c)| (*c).clone())
-        .collect();
-    let rows: UInt32Array = asof::match_rows(
-        asof::Side {
-            keys: &label_keys,
-            time: &label_instants,
-        },
-        asof::Side {
-            keys: &feature_keys,
-            time: &feature_instants,
-        },
-        &tiebreak,
-        asof::Rule {
-            inclusive: request.inclusive,
-            max_age: request.max_age.map(|d| time::duration_in(d, unit)),
-        },
-    )?;
-    let matched = (rows.len() - rows.null_count()) as u64;
-    let prefix = spec.prefix.as_deref().unwrap_or("");
-    let columns = payload
-        .into_iter()
-        .map(|(field, array)| {
-            let taken = take(array.as_ref(), &rows, None)?;
-            let name = format!("{prefix}{}", field.name());
-            Ok((Field::new(name, field.data_type().clone(), true), taken))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Joined {
-        columns,
-        entity,
-        matched,
-    })
-}
-
 /// Identical requests (same inputs, versions and rule) hash the same.
 fn options_sha256(training: &TrainingSetLineage) -> String {
     let described = serde_json::json!({
@@ -417,41 +314,49 @@ fn options_sha256(training: &TrainingSetLineage) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Write the training set's rows as a new version that replaces the last.
+/// Write the training set's rows as they come, as a new version that
+/// replaces the last; `finish_lineage` completes the lineage once every
+/// row is written (what the scans and joins counted).
+#[allow(clippy::too_many_arguments)]
 async fn write(
     tables: &OpenTables,
     out: &str,
-    output: RecordBatch,
+    schema: SchemaRef,
+    mut rows: SendableRecordBatchStream,
     mut lineage: Lineage,
     resources: &Resources,
     started: Instant,
+    finish_lineage: impl FnOnce(&mut Lineage),
 ) -> Result<(u64, Lineage)> {
-    let schema: SchemaRef = featureset::storable_schema(output.schema_ref())?;
-    let output = featureset::to_storable(&output, &schema)?;
+    let storable: SchemaRef = featureset::storable_schema(&schema)?;
     let mut writer = FileWriter::open(
         out,
-        schema.clone(),
+        storable.clone(),
         tables,
         WriteBuffers::within(resources.buffer_bytes),
     )
     .await?;
-    let mut stats = StatsCollector::new(&schema);
-    const SLICE_ROWS: usize = 64 * 1024;
-    let mut offset = 0;
-    while offset < output.num_rows() {
-        let slice = output.slice(offset, SLICE_ROWS.min(output.num_rows() - offset));
-        stats.update(&slice);
-        writer.write(slice).await?;
-        offset += SLICE_ROWS;
+    let mut stats = StatsCollector::new(&storable);
+    let mut written = 0u64;
+    while let Some(batch) = rows.next().await {
+        let batch = featureset::to_storable(
+            &batch.context(|| "building the training set".to_string())?,
+            &storable,
+        )?;
+        written += batch.num_rows() as u64;
+        stats.update(&batch);
+        writer.write(batch).await?;
     }
     let files = writer.finish().await?;
+    lineage.rows_written = written;
     lineage.columns = stats.finish();
+    finish_lineage(&mut lineage);
     lineage.duration_ms = Some(started.elapsed().as_millis() as u64);
     let staged = StagedWrite {
         name: out.to_string(),
         location: out.to_string(),
         mode: SinkMode::Overwrite,
-        schema,
+        schema: storable,
         files,
         // Each training set may have other columns than the one it replaces.
         add_columns: true,
@@ -462,6 +367,3 @@ async fn write(
     let version = featureset::commit(staged, tables).await?;
     Ok((version, lineage))
 }
-
-#[cfg(test)]
-mod tests;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNodeIterator, TreeNodeRecursion};
 use datafusion::common::{Result, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{
@@ -169,12 +169,7 @@ impl ExecutionPlan for TrailingDaysExec {
             .iter()
             .chain([&self.day])
             .chain(self.functions.iter().map(|w| &w.arg));
-        for expr in exprs {
-            if f(expr)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        exprs.apply_until_stop(f)
     }
 
     fn with_new_children(

@@ -18,7 +18,7 @@ use polars::prelude::{PlSmallStr, Series};
 use crate::error::{KilnError, Result};
 
 /// `array` as a Polars series named `name`.
-pub(super) fn to_series(name: &str, array: &ArrayRef) -> Result<Series> {
+pub(crate) fn to_series(name: &str, array: &ArrayRef) -> Result<Series> {
     let array = match array.data_type() {
         DataType::Utf8 | DataType::LargeUtf8 => arrow::compute::cast(array, &DataType::Utf8View)?,
         // This Polars is built without its temporal types: such keys cross
@@ -49,7 +49,7 @@ pub(super) fn to_series(name: &str, array: &ArrayRef) -> Result<Series> {
     Series::from_arrow(PlSmallStr::from(name), imported).map_err(polars_error)
 }
 
-pub(super) fn polars_error(e: polars::prelude::PolarsError) -> KilnError {
+pub(crate) fn polars_error(e: polars::prelude::PolarsError) -> KilnError {
     KilnError::Run(format!("in the Polars as-of join: {e}"))
 }
 

@@ -17,7 +17,7 @@ use crate::error::Result;
 /// equal time (or both null) ordered by `then`, ascending, nulls placed as
 /// `then_nulls_first` says. Columns arrow cannot order (maps, unions) are
 /// left out of `then`.
-pub(super) fn by_time_then(
+pub(crate) fn by_time_then(
     time: &Int64Array,
     then: &[ArrayRef],
     time_nulls_first: bool,
@@ -70,7 +70,7 @@ pub(super) fn by_time_then(
 
 /// Whether arrow can order values of this column.
 #[cfg(test)]
-pub(super) fn orderable(column: &ArrayRef) -> bool {
+pub(crate) fn orderable(column: &ArrayRef) -> bool {
     make_comparator(column.as_ref(), column.as_ref(), SortOptions::default()).is_ok()
 }
 

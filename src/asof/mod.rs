@@ -13,20 +13,40 @@
 //!   equal times: the row `ORDER BY time, c1, c2, ...` puts last wins,
 //!   whatever order the files were read in;
 //! - `max_age` drops a match older than the label by more than that.
+//!
+//! `kiln training-set` and the SQL `ASOF JOIN` both match through here.
 
 use arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
 use arrow::compute::kernels::sort::sort_to_indices;
 use arrow::compute::{filter, take};
 use polars::prelude::{AsofJoinBy, AsofStrategy, Column, DataFrame, IdxSize, PlSmallStr};
 
-use super::bridge::{polars_error, to_series};
-use super::order::by_time_then;
+pub(crate) mod bridge;
+pub(crate) mod order;
+#[cfg(test)]
+mod tests;
+pub(crate) mod time;
+
 use crate::error::{KilnError, Result};
+use bridge::{polars_error, to_series};
+use order::by_time_then;
+
+/// Polars sizes its thread pool once, from `POLARS_MAX_THREADS`, on first
+/// use: give it the CPUs DataFusion gets (the container's quota). Call
+/// before any thread is started.
+pub fn size_polars_threads() {
+    if std::env::var_os("POLARS_MAX_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // SAFETY: called at start-up, before the runtime or any other
+        // thread exists, so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("POLARS_MAX_THREADS", threads.to_string()) };
+    }
+}
 
 /// One side of the match: entity key columns (already of the same types on
 /// both sides) and times as instants in one unit.
 #[derive(Clone, Copy)]
-pub(super) struct Side<'a> {
+pub(crate) struct Side<'a> {
     pub keys: &'a [ArrayRef],
     pub time: &'a Int64Array,
 }
@@ -53,7 +73,7 @@ impl Side<'_> {
 
 /// What a match may be.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Rule {
+pub(crate) struct Rule {
     /// A feature row at exactly the label's time matches too.
     pub inclusive: bool,
     /// The oldest a match may be, in the times' unit.
@@ -63,7 +83,7 @@ pub(super) struct Rule {
 /// For each label row, the index of its feature row, or null. `tiebreak`
 /// are the feature set's other columns, which order rows of equal entity
 /// and time.
-pub(super) fn match_rows(
+pub(crate) fn match_rows(
     labels: Side,
     features: Side,
     tiebreak: &[ArrayRef],
@@ -136,11 +156,16 @@ impl Sorted {
 /// Polars' backward as-of join by keys: the position in `right` of each
 /// `left` row's match.
 fn asof_backward(left: &Sorted, right: &Sorted, inclusive: bool) -> Result<Vec<Option<u32>>> {
-    let by: Vec<String> = (0..left.keys.len()).map(|i| format!("k{i}")).collect();
+    // Without keys, one key shared by every row: Polars' by-join panics on
+    // an empty `by`.
+    let by: Vec<String> = (0..left.keys.len().max(1)).map(|i| format!("k{i}")).collect();
     let frame = |side: &Sorted, row_numbers: bool| -> Result<DataFrame> {
         let mut columns: Vec<Column> = Vec::new();
         for (name, key) in by.iter().zip(&side.keys) {
             columns.push(to_series(name, key)?.into());
+        }
+        if side.keys.is_empty() {
+            columns.push(Column::new(PlSmallStr::from("k0"), vec![0i32; side.time.len()]));
         }
         let time: ArrayRef = std::sync::Arc::new(side.time.clone());
         columns.push(to_series("t", &time)?.into());
@@ -189,7 +214,7 @@ fn take_u32(values: &UInt32Array, rows: &UInt32Array) -> Result<UInt32Array> {
 /// The rule written as plainly as possible: for each label, every feature
 /// row is looked at. The tests hold the Polars join to it.
 #[cfg(test)]
-pub(super) fn brute_force(
+pub(crate) fn brute_force(
     labels: Side,
     features: Side,
     tiebreak: &[ArrayRef],
@@ -200,7 +225,7 @@ pub(super) fn brute_force(
     use arrow::array::make_comparator;
     use arrow::compute::kernels::sort::SortOptions;
 
-    use super::order::orderable;
+    use order::orderable;
     let comparators: Vec<_> = features
         .keys
         .iter()

@@ -9,7 +9,7 @@ use arrow::array::make_comparator;
 use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::compute::kernels::sort::SortOptions;
 
-use super::asof::{self, Rule, Side, brute_force};
+use super::{self as asof, Rule, Side, brute_force};
 
 /// A small deterministic generator (xorshift64*), so a failure repeats.
 struct Random(u64);

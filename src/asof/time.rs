@@ -23,7 +23,7 @@ use arrow::util::display::FormatOptions;
 use crate::error::{KilnError, Result};
 
 /// The unit a column's values are exact in; `what` names the column in errors.
-pub(super) fn unit_of(what: &str, data_type: &DataType) -> Result<TimeUnit> {
+pub(crate) fn unit_of(what: &str, data_type: &DataType) -> Result<TimeUnit> {
     match data_type {
         DataType::Timestamp(unit, _) => Ok(*unit),
         DataType::Date32 => Ok(TimeUnit::Second),
@@ -40,7 +40,7 @@ fn not_a_time(what: &str, t: &DataType) -> KilnError {
 }
 
 /// The finer of two units.
-pub(super) fn finer(a: TimeUnit, b: TimeUnit) -> TimeUnit {
+pub(crate) fn finer(a: TimeUnit, b: TimeUnit) -> TimeUnit {
     if per_second(a) >= per_second(b) { a } else { b }
 }
 
@@ -56,7 +56,7 @@ fn per_second(unit: TimeUnit) -> i64 {
 /// `array`'s instants as integers in `unit` since the Unix epoch, nulls
 /// kept. Fails when a value does not fit 64 bits in that unit (a date
 /// centuries away in nanoseconds).
-pub(super) fn instants(what: &str, array: &ArrayRef, unit: TimeUnit) -> Result<Int64Array> {
+pub(crate) fn instants(what: &str, array: &ArrayRef, unit: TimeUnit) -> Result<Int64Array> {
     let (values, from): (Int64Array, TimeUnit) = match array.data_type() {
         DataType::Timestamp(from, _) => (as_i64(array, *from), *from),
         DataType::Date32 => {
@@ -124,13 +124,13 @@ fn parse_strings(what: &str, array: &ArrayRef) -> Result<Int64Array> {
 
 /// A duration in `unit`, rounded down (a `--max-age` finer than the unit
 /// cannot be told apart from the next smaller value).
-pub(super) fn duration_in(duration: Duration, unit: TimeUnit) -> i64 {
+pub(crate) fn duration_in(duration: Duration, unit: TimeUnit) -> i64 {
     let nanos = duration.as_nanos();
     let per_unit = (1_000_000_000 / per_second(unit)) as u128;
     i64::try_from(nanos / per_unit).unwrap_or(i64::MAX)
 }
 
-pub(super) fn unit_name(unit: TimeUnit) -> &'static str {
+pub(crate) fn unit_name(unit: TimeUnit) -> &'static str {
     match unit {
         TimeUnit::Second => "seconds",
         TimeUnit::Millisecond => "milliseconds",
