@@ -268,7 +268,7 @@ pub fn version_detail(d: &VersionDetail) -> String {
     line(
         w,
         format!(
-            "  {:<24} {:>10} {:>8} {:>22} {:>22} {:>14}",
+            "  {:<24} {:>10} {:>8} {:>27} {:>27} {:>14}",
             "column", "count", "nulls", "min", "max", "mean"
         ),
     );
@@ -276,7 +276,7 @@ pub fn version_detail(d: &VersionDetail) -> String {
         line(
             w,
             format!(
-                "  {:<24} {:>10} {:>8} {:>22} {:>22} {:>14}",
+                "  {:<24} {:>10} {:>8} {:>27} {:>27} {:>14}",
                 c.name,
                 c.count,
                 c.null_count,
@@ -354,11 +354,12 @@ pub fn training_set(s: &TrainingSetSummary) -> String {
     out
 }
 
+/// At most 27 characters: a microsecond UTC time in full.
 fn truncate(s: &str) -> String {
-    if s.chars().count() <= 22 {
+    if s.chars().count() <= 27 {
         s.to_string()
     } else {
-        format!("{}…", s.chars().take(21).collect::<String>())
+        format!("{}…", s.chars().take(26).collect::<String>())
     }
 }
 

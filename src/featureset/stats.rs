@@ -5,6 +5,7 @@ use arrow::array::{Array, ArrayRef, Float64Array};
 use arrow::compute::{cast, sum};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
 use datafusion::scalar::ScalarValue;
@@ -93,8 +94,19 @@ impl StatsCollector {
     }
 }
 
+/// A value as a reader would write it: times and dates in ISO 8601 (a
+/// ScalarValue prints them as the integers they are stored as).
 fn show(value: ScalarValue) -> Option<String> {
-    (!value.is_null()).then(|| value.to_string())
+    if value.is_null() {
+        return None;
+    }
+    if value.data_type().is_temporal()
+        && let Ok(array) = value.to_array()
+        && let Ok(formatter) = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
+    {
+        return Some(formatter.value(0).to_string());
+    }
+    Some(value.to_string())
 }
 
 fn numeric_sum(array: &ArrayRef) -> Option<(f64, u64)> {
@@ -108,8 +120,8 @@ fn numeric_sum(array: &ArrayRef) -> Option<(f64, u64)> {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Int64Array, StringArray};
-    use arrow::datatypes::{Field, Schema};
+    use arrow::array::{Date32Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{Field, Schema, TimeUnit};
 
     use super::*;
 
@@ -147,5 +159,34 @@ mod tests {
         assert_eq!(stats[1].min.as_deref(), Some("a"));
         assert_eq!(stats[1].max.as_deref(), Some("c"));
         assert_eq!(stats[1].mean, None);
+    }
+
+    #[test]
+    fn times_and_dates_read_as_iso_8601() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "t",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("d", DataType::Date32, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![1_767_225_600_000_000, 1_767_225_601_500_000])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(Date32Array::from(vec![20_454, 20_455])),
+            ],
+        )
+        .unwrap();
+        let mut s = StatsCollector::new(&schema);
+        s.update(&batch);
+        let stats = s.finish();
+        assert_eq!(stats[0].min.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(stats[0].max.as_deref(), Some("2026-01-01T00:00:01.500Z"));
+        assert_eq!(stats[1].min.as_deref(), Some("2026-01-01"));
     }
 }

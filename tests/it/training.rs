@@ -252,21 +252,23 @@ fn a_pipelines_asof_join_builds_the_same_training_set() {
     let out = dir.join("training").display().to_string();
     let pipeline = write(&dir.join("train.sql"), ASOF_PIPELINE);
     let pipeline = pipeline.to_str().unwrap();
-    let vars = |op: &str, reversed: &str| {
-        [
+    // `kiln COMMAND train.sql` with the variables, the time comparisons
+    // of the two joins among them.
+    let kiln_with = |command: &str, op: &str, reversed: &str| {
+        let vars = [
             format!("DATA={data}"),
             format!("OUT={out}"),
             format!("OP={op}"),
             format!("REVERSED={reversed}"),
-        ]
-    };
-    for (op, reversed, inclusive) in [(">", "<", "0"), (">=", "<=", "1")] {
-        let vars = vars(op, reversed);
-        let mut args = vec!["run", pipeline];
+        ];
+        let mut args = vec![command, pipeline];
         for v in &vars {
             args.extend(["--set", v.as_str()]);
         }
-        kiln(dir, &args).ok();
+        kiln(dir, &args)
+    };
+    for (op, reversed, inclusive) in [(">", "<", "0"), (">=", "<=", "1")] {
+        kiln_with("run", op, reversed).ok();
         let check = python_json(CHECK, &[&out, &data, inclusive, "-", "any-order"], &[]);
         assert_eq!(check["rows"], 700, "{check}");
         assert_eq!(check["bad"], serde_json::json!([]), "{op}: {check}");
@@ -289,23 +291,13 @@ fn a_pipelines_asof_join_builds_the_same_training_set() {
 
     // `kiln explain` shows the as-of join, and `kiln check` points at what
     // it cannot plan.
-    let good = vars(">", "<");
-    let mut args = vec!["explain", pipeline];
-    for v in &good {
-        args.extend(["--set", v.as_str()]);
-    }
-    let plan = kiln(dir, &args).ok().stdout;
+    let plan = kiln_with("explain", ">", "<").ok().stdout;
     assert!(
         plan.contains("AsOfJoin: l.ts > a.t, on=[l.user_id = CAST(a.user_id AS Int64)]"),
         "{plan}"
     );
     assert!(plan.contains("AsOfJoinExec"), "{plan}");
-    let backward = vars("<", "<");
-    let mut args = vec!["check", pipeline];
-    for v in &backward {
-        args.extend(["--set", v.as_str()]);
-    }
-    let e = kiln(dir, &args).failed().stdout;
+    let e = kiln_with("check", "<", "<").failed().stdout;
     assert!(e.contains("train.sql:12:33: "), "{e}");
     assert!(e.contains("backward as-of joins only"), "{e}");
 }
