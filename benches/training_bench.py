@@ -94,16 +94,24 @@ joined.rename({"t": "f_t"}).sink_parquet(out)
 SUMMARY = r"""
 import duckdb, json, sys
 from deltalake import DeltaTable
-kind, path = sys.argv[1], sys.argv[2]
+kind, path, select = sys.argv[1], sys.argv[2], sys.argv[3]
 con = duckdb.connect()
 con.execute("SET enable_progress_bar = false")
 if kind == "delta":
     con.register("r", DeltaTable(path).to_pyarrow_table())
 else:
     con.execute(f"CREATE VIEW r AS SELECT * FROM read_parquet('{path}')")
-row = con.execute("SELECT count(*), count(f_t), sum(f_clicks_7d), round(sum(f_spend_7d), 3), count(f_segment) FROM r").fetchall()[0]
-print(json.dumps(list(row)))
+row = con.execute(f"SELECT {select} FROM r").fetchall()[0]
+print(json.dumps([float(v) if v is not None else None for v in row]))
 """
+
+
+def summarize(kind, path, select):
+    """`SELECT select FROM` the output (a Delta table or a Parquet file), as
+    floats, to compare engines' outputs by."""
+    out = subprocess.run([sys.executable, "-c", SUMMARY, kind, path, select], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout)
 
 
 def main():
@@ -148,9 +156,9 @@ def main():
                 shutil.rmtree(out, ignore_errors=True) if kind == "delta" else (os.path.exists(out) and os.remove(out))
                 runs.append(child_peak_rss_after(cmd(out), envs[name]))
                 print(f"{size} {name} run {r + 1}: {runs[-1][0]:.2f} s, {runs[-1][1]:.0f} MiB", file=sys.stderr)
-            summary = subprocess.run([py, "-c", SUMMARY, kind, out], capture_output=True, text=True, check=True)
-            result[name] = (statistics.median(t for t, _ in runs), statistics.median(m for _, m in runs),
-                            json.loads(summary.stdout))
+            summary = summarize(kind, out, "count(*), count(f_t), sum(f_clicks_7d), round(sum(f_spend_7d), 3), "
+                                "count(f_segment)")
+            result[name] = (statistics.median(t for t, _ in runs), statistics.median(m for _, m in runs), summary)
         rows.append((labels, features, result))
 
     print("| labels × feature rows | DuckDB | Polars | kiln | kiln / faster peer (time) | kiln / lower peer (memory) | outputs agree |")

@@ -20,7 +20,6 @@ Needs duckdb and deltalake in the Python running it. This is a benchmark,
 not a test: it asserts nothing.
 """
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -30,6 +29,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench import child_peak_rss_after  # noqa: E402
+from training_bench import summarize  # noqa: E402
 
 MAKE_LABELS = r"""
 import duckdb, sys
@@ -83,21 +83,6 @@ con.execute(f'''COPY (
 ) TO '{out}' (FORMAT PARQUET)''')
 """
 
-SUMMARY = r"""
-import duckdb, json, sys
-from deltalake import DeltaTable
-kind, path = sys.argv[1], sys.argv[2]
-con = duckdb.connect()
-con.execute("SET enable_progress_bar = false")
-if kind == "delta":
-    con.register("r", DeltaTable(path).to_pyarrow_table())
-else:
-    con.execute(f"CREATE VIEW r AS SELECT * FROM read_parquet('{path}')")
-row = con.execute("SELECT count(*), count(day), sum(events), sum(distinct_items), round(sum(avg_dwell_ms), 0), sum(purchases) FROM r").fetchall()[0]
-print(json.dumps([float(v) if v is not None else None for v in row]))
-"""
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kiln", required=True)
@@ -129,9 +114,9 @@ def main():
             shutil.rmtree(out, ignore_errors=True) if kind == "delta" else (os.path.exists(out) and os.remove(out))
             runs.append(child_peak_rss_after(cmd))
             print(f"{name} run {r + 1}: {runs[-1][0]:.2f} s, {runs[-1][1]:.0f} MiB", file=sys.stderr)
-        summary = subprocess.run([py, "-c", SUMMARY, kind, out], capture_output=True, text=True, check=True)
-        result[name] = (statistics.median(t for t, _ in runs), statistics.median(m for _, m in runs),
-                        json.loads(summary.stdout))
+        summary = summarize(kind, out, "count(*), count(day), sum(events), sum(distinct_items), "
+                            "round(sum(avg_dwell_ms), 0), sum(purchases)")
+        result[name] = (statistics.median(t for t, _ in runs), statistics.median(m for _, m in runs), summary)
     (kt, km, ks), (dt, dm, ds) = result["kiln"], result["duckdb"]
     agree = "yes" if ks == ds else f"kiln {ks} duckdb {ds}"
     print("| labels | DuckDB | kiln | kiln / DuckDB (time) | kiln / DuckDB (memory) | outputs agree |")
