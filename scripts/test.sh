@@ -22,6 +22,8 @@ command -v cargo >/dev/null || { log "cargo not found: install Rust 1.95 or newe
 # --- system packages -------------------------------------------------------
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
+# The CUDA kernels run as host C++ in the tests (kernels/host/emulation.h).
+command -v g++ >/dev/null || need_apt+=(g++)
 command -v make >/dev/null || need_apt+=(make)
 command -v curl >/dev/null || need_apt+=(curl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
@@ -52,6 +54,10 @@ if [ ! -x "$venv/bin/python" ] || [ "$wanted" != "$(cat "$stamp" 2>/dev/null)" ]
   printf '%s' "$wanted" > "$stamp"
 fi
 export KILN_PYTHON="$venv/bin/python"
+# NVRTC from NVIDIA's wheel: the tests compile every kernel with it.
+nvrtc_dir=$("$KILN_PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cuda_nvrtc/lib
+[ -e "$nvrtc_dir/libnvrtc.so.12" ] || { log "no libnvrtc.so.12 in $nvrtc_dir"; exit 1; }
+export LD_LIBRARY_PATH="$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 free_port() { "$KILN_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port_open() { "$KILN_PYTHON" -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),0.5)' "$1" 2>/dev/null; }
 
@@ -137,7 +143,7 @@ export KILN_METRICS_ADDR=127.0.0.1:0
 log "cargo test (target dir: ${CARGO_TARGET_DIR:-target})"
 # The failpoints feature compiles in the crash and race points the suite
 # forces (tests/it/failpoints.rs); release builds have none.
-cargo test --locked --features failpoints "$@"
+cargo test --locked --workspace --features failpoints "$@"
 
 # --- deploy/ -------------------------------------------------------------------
 # The image is built around the binary the suite just tested: no second build.

@@ -10,7 +10,8 @@
 //! [`kafka_client`] holds the Kafka settings of the command line). [`demo`] makes sample data and runs
 //! the sample pipelines; [`report`] renders results for people. [`training`]
 //! builds point-in-time training sets; [`asof`] is the as-of match (in
-//! Polars) under it and under the SQL `ASOF JOIN`.
+//! Polars) under it and under the SQL `ASOF JOIN`. [`functions`] are kiln's
+//! feature functions (hashing, bucketing, scaling, MinHash, vectors).
 
 pub mod asof;
 pub mod demo;
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod featureset;
+pub mod functions;
 pub mod kafka_client;
 pub mod ledger;
 pub mod ops;

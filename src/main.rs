@@ -737,6 +737,7 @@ fn main() -> ExitCode {
     // is all or nothing, so nothing half-written stays behind).
     let handles_signals = matches!(cli.command, Command::Stream { .. } | Command::Worker { .. });
     let outcome = runtime.block_on(async {
+        signals::listen();
         if handles_signals {
             return execute(cli.command, features).await;
         }

@@ -104,7 +104,9 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
         rewrite_enabled(&rewrites, "join_sides"),
         rewrite_enabled(&rewrites, "count_distinct"),
     );
-    Ok(SessionContext::new_with_state(state.build()))
+    let ctx = SessionContext::new_with_state(state.build());
+    crate::functions::register(&ctx);
+    Ok(ctx)
 }
 
 /// DataFusion's physical optimizer rules with kiln's right after

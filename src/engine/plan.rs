@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::Column;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::source_as_provider;
 use datafusion::error::DataFusionError;
@@ -264,9 +264,18 @@ pub(crate) async fn plan_statement(
     mut statement: SqlStatement,
 ) -> datafusion::error::Result<datafusion::logical_expr::LogicalPlan> {
     super::fold_asof_joins(&mut statement);
-    ctx.state()
+    let plan = ctx
+        .state()
         .statement_to_plan(DFStatement::Statement(Box::new(statement)))
-        .await
+        .await?;
+    // What the feature functions' types cannot say (a window function's
+    // constant argument), checked now so that `kiln check` reports it.
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| crate::functions::check_call(e).map(|_| TreeNodeRecursion::Continue))
+        })
+    })?;
+    Ok(plan)
 }
 
 async fn plan_insert(
@@ -402,6 +411,8 @@ fn at_location(pipeline: &Pipeline, stmt: &Statement, location: &str, msg: Strin
     )
 }
 
+const COERCION_FAILED: &str = "coercion failed with: ";
+
 /// DataFusion's message without its backtrace and category prefix.
 fn clean(e: &DataFusionError) -> String {
     let text = e.to_string();
@@ -413,6 +424,13 @@ fn clean(e: &DataFusionError) -> String {
         "Execution error: ",
     ] {
         msg = msg.strip_prefix(prefix).unwrap_or(msg);
+    }
+    // A function's own complaint about its arguments, without DataFusion's
+    // wrapping and its generic advice after it.
+    if let Some(at) = msg.find(COERCION_FAILED) {
+        msg = &msg[at + COERCION_FAILED.len()..];
+        msg = msg.strip_prefix("Error during planning: ").unwrap_or(msg);
+        msg = msg.split(". No function matches").next().unwrap_or(msg);
     }
     // Tables live in DataFusion's default catalog; the prefix is noise.
     msg.lines()
@@ -438,7 +456,24 @@ pub(crate) fn df_problem(pipeline: &Pipeline, stmt: &Statement, e: &DataFusionEr
         let last = name.rsplit('.').next().unwrap_or(&name).to_string();
         return pipeline.problem_at_word(stmt, &last, msg);
     }
+    if let Some(function) = function_named(&msg) {
+        return pipeline.problem_at_word(stmt, &function, msg);
+    }
     pipeline.problem(stmt, msg)
+}
+
+/// The function a message is about: DataFusion's `call to 'f'`, or one
+/// of kiln's feature functions, whose messages start `f(args): `.
+fn function_named(msg: &str) -> Option<String> {
+    if let Some(name) = quoted_name_after(msg, "call to '") {
+        return Some(name);
+    }
+    crate::functions::names()
+        .into_iter()
+        .filter_map(|f| msg.find(&format!("{f}(")).map(|at| (at, f)))
+        .filter(|(at, _)| !msg[..*at].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+        .min()
+        .map(|(_, f)| f)
 }
 
 /// The identifier that follows `marker` in a DataFusion message, without

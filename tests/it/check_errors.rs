@@ -227,3 +227,35 @@ fn every_problem_in_a_folder_is_reported() {
         out.stdout
     );
 }
+
+#[test]
+fn wrong_calls_of_feature_functions_are_reported_at_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    base(dir.path());
+    // A column where a constant belongs.
+    let sql = format!(
+        "{SOURCE}{SINK}INSERT INTO fs\nSELECT user_id, hash_bucket(kind, user_id) AS b FROM events;\n"
+    );
+    assert_refused(
+        dir.path(),
+        &sql,
+        "p.sql:4:17: hash_bucket(value, n): n must be a constant",
+    );
+    // A type the function has no answer for.
+    let sql =
+        format!("{SOURCE}{SINK}INSERT INTO fs\nSELECT user_id,\n  minhash(value, 64, 3) AS m FROM events;\n");
+    assert_refused(
+        dir.path(),
+        &sql,
+        "p.sql:5:3: minhash(text, num_perm, shingle_len): text must be a string, not Float64",
+    );
+    // A window function's constant, which only the plan shows.
+    let sql = format!(
+        "{SOURCE}{SINK}INSERT INTO fs\nSELECT user_id, quantile_bucket(value, 0) OVER (PARTITION BY user_id) AS q FROM events;\n"
+    );
+    assert_refused(
+        dir.path(),
+        &sql,
+        "p.sql:4:17: quantile_bucket(x, n): n must be between 1 and 2147483647, not 0",
+    );
+}

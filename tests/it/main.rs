@@ -8,6 +8,7 @@ mod check_errors;
 mod demo;
 mod events;
 mod failpoints;
+mod functions;
 mod incremental;
 mod kafka;
 mod ledger;

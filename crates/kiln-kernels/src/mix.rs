@@ -1,0 +1,75 @@
+//! The integer hashing every seeded function shares: xxHash64 for the
+//! bytes of a value, and SplitMix64's finalizer to derive keys and random
+//! numbers from counters. Both are a few lines in any language (the
+//! functions reference gives them in Python), and the CUDA kernels compute
+//! the same bits, so a seed means the same thing everywhere.
+
+/// The golden-ratio increment of SplitMix64.
+pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's finalizer: a bijection on 64 bits that mixes every input
+/// bit into every output bit.
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// xxHash64 with seed 0: what `hash_bucket` and `minhash` hash bytes with.
+#[inline]
+pub fn xxh64(bytes: &[u8]) -> u64 {
+    twox_hash::XxHash64::oneshot(0, bytes)
+}
+
+/// The key of MinHash permutation `i`: the `i + 1`-th output of a
+/// SplitMix64 sequence started at 0.
+#[inline]
+pub fn permutation_key(i: u32) -> u64 {
+    mix64((u64::from(i) + 1).wrapping_mul(GOLDEN))
+}
+
+/// Entry (`row`, `col`) of the standard normal matrix of `seed`: one
+/// 64-bit counter hash split into two 24-bit uniforms, then Box-Muller.
+/// Computed in double precision and rounded once, so the CPU and the GPU
+/// agree to the last few ulps of `ln` and `cos`.
+#[inline]
+pub fn gaussian(seed: u64, row: u32, col: u32) -> f32 {
+    let x = mix64(((u64::from(row) << 32) | u64::from(col)) ^ mix64(seed));
+    let u1 = ((x >> 40) + 1) as f64 * (1.0 / (1u64 << 24) as f64);
+    let u2 = (x & 0xFF_FFFF) as f64 * (1.0 / (1u64 << 24) as f64);
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xxh64_matches_the_reference_vectors() {
+        // From the xxHash specification's test suite (seed 0).
+        assert_eq!(xxh64(b""), 0xEF46_DB37_51D8_E999);
+        assert_eq!(xxh64(b"a"), 0xD24E_C4F1_A98C_6E5B);
+        assert_eq!(xxh64(b"abc"), 0x44BC_2CF5_AD77_0999);
+    }
+
+    #[test]
+    fn mix64_is_splitmix64() {
+        // SplitMix64 seeded with 0 starts 0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4.
+        assert_eq!(mix64(GOLDEN), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(mix64(GOLDEN.wrapping_mul(2)), 0x6E78_9E6A_A1B9_65F4);
+        assert_eq!(permutation_key(0), 0xE220_A839_7B1D_CDAF);
+    }
+
+    #[test]
+    fn gaussian_entries_look_standard_normal() {
+        let n = 200_000u32;
+        let xs: Vec<f64> = (0..n).map(|i| f64::from(gaussian(7, i / 400, i % 400))).collect();
+        let mean = xs.iter().sum::<f64>() / f64::from(n);
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / f64::from(n);
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "variance {var}");
+        assert!(xs.iter().all(|x| x.is_finite()));
+        assert_ne!(gaussian(7, 0, 0), gaussian(8, 0, 0));
+    }
+}
