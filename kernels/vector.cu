@@ -38,13 +38,16 @@ extern "C" __global__ void vector_pairwise(const float* a, const i32* a_offsets,
     u64 sa, la, sb, lb;
     kiln_row(a_offsets, a_base, width, i, &sa, &la);
     kiln_row(b_offsets, b_base, width, i, &sb, &lb);
-    float d = kiln_dot(a + sa, b + sb, la);
+    // Equal for every row that has an answer; a null row may pair any two
+    // lengths, and must not read past the shorter.
+    u64 len = la < lb ? la : lb;
+    float d = kiln_dot(a + sa, b + sb, len);
     if (!cosine) {
         out[i] = d;
         valid[i] = 1;
         return;
     }
-    float aa = kiln_dot(a + sa, a + sa, la), bb = kiln_dot(b + sb, b + sb, lb);
+    float aa = kiln_dot(a + sa, a + sa, len), bb = kiln_dot(b + sb, b + sb, len);
     if (aa > 0.0f && bb > 0.0f) {
         out[i] = d / (sqrtf(aa) * sqrtf(bb));
         valid[i] = 1;

@@ -9,6 +9,7 @@ use kiln::demo::{self, DemoSize};
 use kiln::engine::{Resources, parse_bytes};
 use kiln::events::{Events, FailureData};
 use kiln::featureset;
+use kiln::functions::device::{self, DeviceChoice};
 use kiln::kafka_client::{self, ClientSettings};
 use kiln::ops::allocator;
 use kiln::ops::logging::{self, LogFormat};
@@ -29,8 +30,46 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     log_format: LogFormat,
+    /// Where the feature functions run: `auto` uses a GPU when there is
+    /// one and a batch has at least KILN_GPU_MIN_ROWS rows (65536 unless
+    /// set); `gpu` uses it for every batch and fails at start-up without
+    /// one; `cpu` never opens one.
+    #[arg(long, global = true, value_enum, env = "KILN_DEVICE", default_value = "auto")]
+    device: Device,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Device {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+impl Device {
+    fn choice(self) -> DeviceChoice {
+        match self {
+            Device::Auto => DeviceChoice::Auto,
+            Device::Cpu => DeviceChoice::Cpu,
+            Device::Gpu => DeviceChoice::Gpu,
+        }
+    }
+}
+
+/// Whether a command runs (or plans) SQL, and so may call the feature
+/// functions.
+fn runs_sql(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Demo { .. }
+            | Command::Run { .. }
+            | Command::Stream { .. }
+            | Command::Worker { .. }
+            | Command::Check { .. }
+            | Command::Explain { .. }
+            | Command::TrainingSet { .. }
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -723,6 +762,12 @@ fn main() -> ExitCode {
     };
     kiln::asof::size_polars_threads();
     logging::init(cli.log_format);
+    if runs_sql(&cli.command)
+        && let Err(e) = device::configure(cli.device.choice())
+    {
+        eprintln!("error: --device gpu: {e}");
+        return ExitCode::FAILURE;
+    }
     // Test builds only (the `failpoints` feature): FAILPOINTS=name=action.
     let _failpoints = fail::FailScenario::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -370,6 +370,12 @@ pub fn explain(plans: &[InsertPlan]) -> String {
         for (kind, plan) in &p.plans {
             writeln!(out, "-- {kind}\n{plan}").expect("writing to a String");
         }
+        if !p.functions.is_empty() {
+            writeln!(out, "-- feature functions").expect("writing to a String");
+            for f in &p.functions {
+                writeln!(out, "{}: {}", f.function, f.device).expect("writing to a String");
+            }
+        }
     }
     out
 }

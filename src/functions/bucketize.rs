@@ -12,7 +12,7 @@ use datafusion::logical_expr::{
 
 use kiln_kernels::cpu::bucketize::{buckets_of_floats, count_at_or_below};
 
-use super::args;
+use super::{args, device};
 
 const CALL: &str = "bucketize(x, b1, b2, ...)";
 
@@ -132,16 +132,36 @@ fn bounds(scalars: &[ScalarValue], x: &DataType) -> Result<Bounds> {
 
 /// Each value's bucket; nulls stay null.
 pub fn bucketize(x: &ArrayRef, bounds: &Bounds) -> Result<ArrayRef> {
-    let mut out = vec![0i32; x.len()];
-    match (x.data_type(), bounds) {
+    let rows = x.len();
+    let out = match (x.data_type(), bounds) {
         (DataType::Int64, Bounds::Int(b)) => {
-            count_at_or_below(x.as_primitive::<Int64Type>().values(), b, &mut out)
+            let xs = x.as_primitive::<Int64Type>().values();
+            device::dispatch(
+                rows,
+                CALL,
+                |gpu| gpu.bucketize_i64(xs, b),
+                || {
+                    let mut out = vec![0i32; rows];
+                    count_at_or_below(xs, b, &mut out);
+                    Ok(out)
+                },
+            )?
         }
         (DataType::Float64, Bounds::Float(b)) => {
-            buckets_of_floats(x.as_primitive::<Float64Type>().values(), b, &mut out)
+            let xs = x.as_primitive::<Float64Type>().values();
+            device::dispatch(
+                rows,
+                CALL,
+                |gpu| gpu.bucketize_f64(xs, b),
+                || {
+                    let mut out = vec![0i32; rows];
+                    buckets_of_floats(xs, b, &mut out);
+                    Ok(out)
+                },
+            )?
         }
         (t, _) => return exec_err!("{CALL}: x arrived as {t}, which its boundaries do not match"),
-    }
+    };
     Ok(Arc::new(Int32Array::new(out.into(), x.nulls().cloned())))
 }
 

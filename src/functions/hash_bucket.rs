@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array};
+use datafusion::arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int8Type, Int16Type, Int32Type, Int64Type};
 use datafusion::arrow::datatypes::{UInt8Type, UInt16Type, UInt32Type, UInt64Type};
 use datafusion::common::{Result, exec_err, plan_err};
@@ -12,7 +12,8 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::args;
+use super::{args, device};
+use kiln_kernels::cpu::Offset;
 use kiln_kernels::cpu::hash::{buckets_of, buckets_of_ints, buckets_of_offsets};
 
 const CALL: &str = "hash_bucket(value, n)";
@@ -92,101 +93,86 @@ fn hashable(t: &DataType) -> bool {
 
 /// The bucket of every value; nulls stay null.
 pub fn hash_buckets(values: &ArrayRef, n: u64) -> Result<ArrayRef> {
-    let mut out = vec![0i64; values.len()];
-    match values.data_type() {
+    let out = match values.data_type() {
         DataType::Utf8 => {
             let a = values.as_string::<i32>();
-            buckets_of_offsets(a.value_offsets(), a.values(), n, &mut out);
+            of_offsets(a.value_offsets(), a.values(), n)?
         }
         DataType::LargeUtf8 => {
             let a = values.as_string::<i64>();
-            buckets_of_offsets(a.value_offsets(), a.values(), n, &mut out);
+            of_offsets(a.value_offsets(), a.values(), n)?
         }
         DataType::Binary => {
             let a = values.as_binary::<i32>();
-            buckets_of_offsets(a.value_offsets(), a.values(), n, &mut out);
+            of_offsets(a.value_offsets(), a.values(), n)?
         }
         DataType::LargeBinary => {
             let a = values.as_binary::<i64>();
-            buckets_of_offsets(a.value_offsets(), a.values(), n, &mut out);
+            of_offsets(a.value_offsets(), a.values(), n)?
         }
-        DataType::Utf8View => buckets_of(values.as_string_view().bytes_iter(), n, &mut out),
-        DataType::BinaryView => buckets_of(
-            values.as_binary_view().iter().map(|v| v.unwrap_or_default()),
-            n,
-            &mut out,
-        ),
-        DataType::Int8 => buckets_of_ints(
-            values
-                .as_primitive::<Int8Type>()
-                .values()
-                .iter()
-                .map(|&v| v as u64),
-            n,
-            &mut out,
-        ),
-        DataType::Int16 => buckets_of_ints(
-            values
-                .as_primitive::<Int16Type>()
-                .values()
-                .iter()
-                .map(|&v| v as u64),
-            n,
-            &mut out,
-        ),
-        DataType::Int32 => buckets_of_ints(
-            values
-                .as_primitive::<Int32Type>()
-                .values()
-                .iter()
-                .map(|&v| v as u64),
-            n,
-            &mut out,
-        ),
-        DataType::Int64 => buckets_of_ints(
-            values
-                .as_primitive::<Int64Type>()
-                .values()
-                .iter()
-                .map(|&v| v as u64),
-            n,
-            &mut out,
-        ),
-        DataType::UInt8 => buckets_of_ints(
-            values
-                .as_primitive::<UInt8Type>()
-                .values()
-                .iter()
-                .map(|&v| u64::from(v)),
-            n,
-            &mut out,
-        ),
-        DataType::UInt16 => buckets_of_ints(
-            values
-                .as_primitive::<UInt16Type>()
-                .values()
-                .iter()
-                .map(|&v| u64::from(v)),
-            n,
-            &mut out,
-        ),
-        DataType::UInt32 => buckets_of_ints(
-            values
-                .as_primitive::<UInt32Type>()
-                .values()
-                .iter()
-                .map(|&v| u64::from(v)),
-            n,
-            &mut out,
-        ),
-        DataType::UInt64 => buckets_of_ints(
-            values.as_primitive::<UInt64Type>().values().iter().copied(),
-            n,
-            &mut out,
-        ),
-        other => return exec_err!("{CALL}: cannot hash {other}"),
-    }
+        // Views point anywhere: the CPU walks them.
+        DataType::Utf8View => {
+            let mut out = vec![0i64; values.len()];
+            buckets_of(values.as_string_view().bytes_iter(), n, &mut out);
+            out
+        }
+        DataType::BinaryView => {
+            let mut out = vec![0i64; values.len()];
+            buckets_of(
+                values.as_binary_view().iter().map(|v| v.unwrap_or_default()),
+                n,
+                &mut out,
+            );
+            out
+        }
+        _ => {
+            let wide = widened(values)?;
+            device::dispatch(
+                wide.len(),
+                CALL,
+                |gpu| gpu.hash_bucket_u64(&wide, n),
+                || {
+                    let mut out = vec![0i64; wide.len()];
+                    buckets_of_ints(wide.iter().copied(), n, &mut out);
+                    Ok(out)
+                },
+            )?
+        }
+    };
     Ok(Arc::new(Int64Array::new(out.into(), values.nulls().cloned())))
+}
+
+/// Strings or binaries from Arrow's offsets and values as they lie.
+fn of_offsets<O: Offset + Into<i64>>(offsets: &[O], bytes: &[u8], n: u64) -> Result<Vec<i64>> {
+    let rows = offsets.len().saturating_sub(1);
+    device::dispatch(
+        rows,
+        CALL,
+        |gpu| gpu.hash_bucket_offsets(offsets, bytes, n),
+        || {
+            let mut out = vec![0i64; rows];
+            buckets_of_offsets(offsets, bytes, n, &mut out);
+            Ok(out)
+        },
+    )
+}
+
+/// Integers of any width as 64 bits, signed ones sign-extended.
+fn widened(values: &ArrayRef) -> Result<Vec<u64>> {
+    fn wide<T: ArrowPrimitiveType>(a: &ArrayRef, f: impl Fn(T::Native) -> u64) -> Vec<u64> {
+        a.as_primitive::<T>().values().iter().map(|&v| f(v)).collect()
+    }
+    Ok(match values.data_type() {
+        DataType::Int8 => wide::<Int8Type>(values, |v| v as u64),
+        DataType::Int16 => wide::<Int16Type>(values, |v| v as u64),
+        DataType::Int32 => wide::<Int32Type>(values, |v| v as u64),
+        DataType::Int64 => wide::<Int64Type>(values, |v| v as u64),
+        DataType::UInt8 => wide::<UInt8Type>(values, u64::from),
+        DataType::UInt16 => wide::<UInt16Type>(values, u64::from),
+        DataType::UInt32 => wide::<UInt32Type>(values, u64::from),
+        DataType::UInt64 => wide::<UInt64Type>(values, |v| v),
+        other => return exec_err!("{CALL}: cannot hash {other}"),
+    })
 }
 
 #[cfg(test)]

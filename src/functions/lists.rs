@@ -8,8 +8,9 @@ use datafusion::arrow::array::{
     Array, ArrayRef, ArrowPrimitiveType, AsArray, FixedSizeListArray, PrimitiveArray,
 };
 use datafusion::arrow::buffer::{NullBuffer, ScalarBuffer};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float32Type};
 use datafusion::common::{Result, exec_err, plan_datafusion_err, plan_err};
+use kiln_kernels::gpu::VectorRows;
 
 /// The rows of a list array as slices of its values buffer. A row holding
 /// a null element counts as a null row: no function here has an answer
@@ -91,6 +92,30 @@ impl<'a, T: ArrowPrimitiveType> Rows<'a, T> {
 
     pub fn nulls(&self) -> Option<&NullBuffer> {
         self.nulls.as_ref()
+    }
+}
+
+impl Rows<'_, Float32Type> {
+    /// The same rows as the GPU layer takes them.
+    pub fn as_vectors(&self) -> VectorRows<'_> {
+        let (offsets, width) = match self.layout {
+            Layout::Fixed(size) => (None, size),
+            Layout::Offsets(o) => (Some(o), 0),
+        };
+        VectorRows {
+            values: self.values,
+            offsets,
+            width,
+            rows: self.len,
+        }
+    }
+
+    /// The offsets of a `List`, none for a `FixedSizeList`.
+    pub fn offsets(&self) -> Option<&[i32]> {
+        match self.layout {
+            Layout::Fixed(_) => None,
+            Layout::Offsets(o) => Some(o),
+        }
     }
 }
 

@@ -16,8 +16,8 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::args;
 use super::lists::{self, Rows};
+use super::{args, device};
 use kiln_kernels::cpu::minhash::{EMPTY, Sketch, keys, signatures_of_offsets};
 
 const CALL: &str = "minhash(text, num_perm, shingle_len)";
@@ -116,7 +116,16 @@ pub fn signatures(text: &ArrayRef, num_perm: usize, k: usize) -> Result<ArrayRef
     match text.data_type() {
         DataType::Utf8 => {
             let a = text.as_string::<i32>();
-            signatures_of_offsets(a.value_offsets(), a.values(), &keys, k, &mut out);
+            let (offsets, bytes) = (a.value_offsets(), a.values().as_slice());
+            out = device::dispatch(
+                text.len(),
+                CALL,
+                |gpu| gpu.minhash(offsets, bytes, &keys, k as u32),
+                || {
+                    signatures_of_offsets(offsets, bytes, &keys, k, &mut out);
+                    Ok(out)
+                },
+            )?;
         }
         DataType::LargeUtf8 => {
             let a = text.as_string::<i64>();

@@ -9,6 +9,7 @@
 
 mod args;
 pub mod bucketize;
+pub mod device;
 pub mod hash_bucket;
 mod lists;
 pub mod minhash;
@@ -17,7 +18,8 @@ pub mod scale;
 pub mod vector;
 
 use datafusion::common::Result;
-use datafusion::logical_expr::{Expr, ScalarUDF, WindowUDF};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF, WindowUDF};
 use datafusion::prelude::SessionContext;
 
 use scale::{Scale, ScaleOver};
@@ -59,6 +61,39 @@ pub fn names() -> Vec<String> {
     scalars
         .chain(window_functions().into_iter().map(|f| f.name().to_string()))
         .collect()
+}
+
+/// The functions with a CUDA kernel; the others always run on the CPU.
+pub const ON_GPU: &[&str] = &[
+    "hash_bucket",
+    "bucketize",
+    "minhash",
+    "l2_normalize",
+    "dot",
+    "cosine_similarity",
+    "random_projection",
+];
+
+/// kiln's functions that `plan` calls, each once, in name order.
+pub fn used_in(plan: &LogicalPlan) -> Vec<String> {
+    let ours = names();
+    let mut used = std::collections::BTreeSet::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                let name = match e {
+                    Expr::ScalarFunction(f) => Some(f.name()),
+                    Expr::WindowFunction(w) => Some(w.fun.name()),
+                    _ => None,
+                };
+                if let Some(name) = name.filter(|n| ours.iter().any(|o| o == n)) {
+                    used.insert(name.to_string());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    used.into_iter().collect()
 }
 
 /// Checks of a planned expression that types alone do not make.

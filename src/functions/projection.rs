@@ -15,8 +15,8 @@ use datafusion::logical_expr::{
 
 use kiln_kernels::cpu::projection::{matrix, project};
 
-use super::args;
 use super::lists::{self, Rows};
+use super::{args, device};
 
 const CALL: &str = "random_projection(v, dim, seed)";
 
@@ -97,16 +97,24 @@ impl ScalarUDFImpl for RandomProjection {
 
 /// Every row of `rows` projected; nulls stay null.
 pub fn random_projection(rows: &Rows<Float32Type>, dim: usize, seed: u64) -> Result<ArrayRef> {
-    let width = rows
-        .fixed_len()
-        .unwrap_or_else(|| (0..rows.len()).map(|i| rows.row(i).len()).max().unwrap_or(0));
-    let matrix = matrix(seed, width, dim);
-    let mut out = vec![0f32; rows.len() * dim];
-    for (i, o) in out.chunks_exact_mut(dim).enumerate() {
-        if rows.is_valid(i) {
-            project(rows.row(i), &matrix, o);
-        }
-    }
+    let out = device::dispatch(
+        rows.len(),
+        CALL,
+        |gpu| gpu.random_projection(rows.as_vectors(), dim, seed),
+        || {
+            let width = rows
+                .fixed_len()
+                .unwrap_or_else(|| (0..rows.len()).map(|i| rows.row(i).len()).max().unwrap_or(0));
+            let matrix = matrix(seed, width, dim);
+            let mut out = vec![0f32; rows.len() * dim];
+            for (i, o) in out.chunks_exact_mut(dim).enumerate() {
+                if rows.is_valid(i) {
+                    project(rows.row(i), &matrix, o);
+                }
+            }
+            Ok(out)
+        },
+    )?;
     Ok(lists::fixed_size_list::<Float32Type>(
         out,
         dim,

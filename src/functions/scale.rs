@@ -4,7 +4,6 @@
 //! every row of its partition, so `ORDER BY` and frames inside `OVER` do
 //! not change it.
 
-use std::cmp::Ordering;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int32Array};
@@ -16,6 +15,8 @@ use datafusion::logical_expr::expr::WindowFunction;
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::{Expr, PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
 use datafusion::physical_expr::expressions::Literal;
+
+use kiln_kernels::cpu::scale as kernel;
 
 use super::args;
 
@@ -159,83 +160,50 @@ impl PartitionEvaluator for WholePartition {
         Ok(match self.scale {
             Scale::Standard => Arc::new(standard_scale(x.as_primitive::<Float64Type>())),
             Scale::MinMax => Arc::new(min_max_scale(x.as_primitive::<Float64Type>())),
-            Scale::QuantileBucket => Arc::new(match x.data_type() {
-                DataType::Int64 => quantile_buckets(
-                    x.as_primitive::<Int64Type>().values(),
-                    x.nulls(),
-                    self.n,
-                    i64::cmp,
-                ),
-                _ => {
-                    let floats = x.as_primitive::<Float64Type>();
+            Scale::QuantileBucket => {
+                let keys: Vec<Option<u64>> = match x.data_type() {
+                    DataType::Int64 => x
+                        .as_primitive::<Int64Type>()
+                        .iter()
+                        .map(|v| v.map(kernel::int_key))
+                        .collect(),
                     // NaN has no rank: it is left out like a null.
-                    let known = NullBuffer::from_iter(floats.iter().map(|v| v.is_some_and(|v| !v.is_nan())));
-                    quantile_buckets(floats.values(), Some(&known), self.n, f64::total_cmp)
-                }
-            }),
+                    _ => x
+                        .as_primitive::<Float64Type>()
+                        .iter()
+                        .map(|v| v.filter(|v| !v.is_nan()).map(kernel::float_key))
+                        .collect(),
+                };
+                Arc::new(quantile_buckets(&keys, self.n))
+            }
         })
     }
 }
 
-/// The values that count: not null and not NaN.
-fn known(x: &Float64Array) -> impl Iterator<Item = f64> + '_ {
-    x.iter().flatten().filter(|v| !v.is_nan())
-}
-
-/// Mean and standard deviation in two passes (no cancellation); a
-/// partition whose values are all equal scales them to 0.
 pub fn standard_scale(x: &Float64Array) -> Float64Array {
-    let (count, sum) = known(x).fold((0usize, 0.0), |(c, s), v| (c + 1, s + v));
-    let mean = sum / count as f64;
-    let var = known(x).map(|v| (v - mean) * (v - mean)).sum::<f64>() / count as f64;
-    rescaled(x, mean, var.sqrt())
+    let valid = |i| x.is_valid(i);
+    let counted: kernel::Counted<'_> = if x.null_count() > 0 { Some(&valid) } else { None };
+    Float64Array::new(
+        kernel::standard_scale(x.values(), counted).into(),
+        x.nulls().cloned(),
+    )
 }
 
-/// A partition whose values are all equal scales them to 0.
 pub fn min_max_scale(x: &Float64Array) -> Float64Array {
-    let (min, max) = known(x).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
-    rescaled(x, min, max - min)
+    let valid = |i| x.is_valid(i);
+    let counted: kernel::Counted<'_> = if x.null_count() > 0 { Some(&valid) } else { None };
+    Float64Array::new(
+        kernel::min_max_scale(x.values(), counted).into(),
+        x.nulls().cloned(),
+    )
 }
 
-/// `(x - center) / spread`; with no spread (NaN when nothing counted),
-/// every value but NaN becomes 0.
-fn rescaled(x: &Float64Array, center: f64, spread: f64) -> Float64Array {
-    let values: Vec<f64> = if spread > 0.0 {
-        x.values().iter().map(|v| (v - center) / spread).collect()
-    } else {
-        x.values()
-            .iter()
-            .map(|v| if v.is_nan() { *v } else { 0.0 })
-            .collect()
-    };
-    Float64Array::new(values.into(), x.nulls().cloned())
-}
-
-/// `floor(n * r / c)`, where `c` counts the values that have a rank and
-/// `r` those strictly below `x`: equal values share a bucket, and the
-/// buckets hold equal counts as far as ties allow.
-pub fn quantile_buckets<T: Copy>(
-    values: &[T],
-    known: Option<&NullBuffer>,
-    n: u64,
-    cmp: impl Fn(&T, &T) -> Ordering,
-) -> Int32Array {
-    let mut order: Vec<u32> = (0..values.len() as u32)
-        .filter(|&i| known.is_none_or(|k| k.is_valid(i as usize)))
-        .collect();
-    order.sort_unstable_by(|&a, &b| cmp(&values[a as usize], &values[b as usize]));
-    let count = order.len() as u64;
-    let mut out = vec![0i32; values.len()];
-    let mut below = 0usize;
-    for (at, &i) in order.iter().enumerate() {
-        if at > 0 && cmp(&values[order[at - 1] as usize], &values[i as usize]) != Ordering::Equal {
-            below = at;
-        }
-        out[i as usize] = (n * below as u64 / count) as i32;
-    }
-    Int32Array::new(out.into(), known.cloned())
+/// See `kiln_kernels::cpu::scale::quantile_buckets`: a value without a
+/// key (NULL, NaN) is NULL.
+pub fn quantile_buckets(keys: &[Option<u64>], n: u64) -> Int32Array {
+    let out = kernel::quantile_buckets(keys.iter().copied(), n);
+    let nulls = NullBuffer::from_iter(keys.iter().map(Option::is_some));
+    Int32Array::new(out.into(), Some(nulls).filter(|n| n.null_count() > 0))
 }
 
 #[cfg(test)]
@@ -265,11 +233,16 @@ mod tests {
 
     #[test]
     fn quantile_buckets_share_ties_and_fill_equally() {
-        let b = quantile_buckets(&[5i64, 1, 3, 3, 9, 7, 2, 8], None, 4, i64::cmp);
+        let keys: Vec<Option<u64>> = [5i64, 1, 3, 3, 9, 7, 2, 8]
+            .iter()
+            .map(|&v| Some(kernel::int_key(v)))
+            .collect();
         // sorted: 1 2 3 3 5 7 8 9; below: 0 1 2 2 4 5 6 7 -> floor(4 * below / 8)
-        assert_eq!(b.values().to_vec(), vec![2, 0, 1, 1, 3, 2, 0, 3]);
-        let nulls = NullBuffer::from(vec![true, false, true]);
-        let b = quantile_buckets(&[1i64, 0, 2], Some(&nulls), 2, i64::cmp);
+        assert_eq!(
+            quantile_buckets(&keys, 4).values().to_vec(),
+            vec![2, 0, 1, 1, 3, 2, 0, 3]
+        );
+        let b = quantile_buckets(&[Some(kernel::int_key(1)), None, Some(kernel::int_key(2))], 2);
         assert_eq!(b.iter().collect::<Vec<_>>(), vec![Some(0), None, Some(1)]);
     }
 }

@@ -9,15 +9,15 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Float32Array, ListArray};
-use datafusion::arrow::buffer::{OffsetBuffer, ScalarBuffer};
+use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type};
 use datafusion::common::Result;
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
 
 use kiln_kernels::cpu::vector::{cosine, dot_f32, normalize_into};
 
-use super::args;
 use super::lists::{self, Rows};
+use super::{args, device};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VectorOp {
@@ -96,7 +96,7 @@ impl ScalarUDFImpl for Vector {
         let call = self.call();
         args::apply(&a.args, a.number_rows, |arrays| {
             Ok(match self.op {
-                VectorOp::L2Normalize => l2_normalize(&Rows::new(call, &arrays[0])?),
+                VectorOp::L2Normalize => l2_normalize(call, &Rows::new(call, &arrays[0])?)?,
                 VectorOp::Dot | VectorOp::Cosine => {
                     let (x, y) = (Rows::new(call, &arrays[0])?, Rows::new(call, &arrays[1])?);
                     Arc::new(pairwise(call, &x, &y, self.op)?)
@@ -114,39 +114,67 @@ pub fn pairwise(
     b: &Rows<Float32Type>,
     op: VectorOp,
 ) -> Result<Float32Array> {
-    let mut out = Vec::with_capacity(a.len());
-    for i in 0..a.len() {
-        if !a.is_valid(i) || !b.is_valid(i) {
-            out.push(None);
-            continue;
+    let rows = a.len();
+    if a.fixed_len().is_none() || b.fixed_len().is_none() {
+        for i in (0..rows).filter(|&i| a.is_valid(i) && b.is_valid(i)) {
+            lists::check_same_len(call, i, a.row(i).len(), b.row(i).len())?;
         }
-        let (x, y) = (a.row(i), b.row(i));
-        lists::check_same_len(call, i, x.len(), y.len())?;
-        let d = dot_f32(x, y);
-        out.push(match op {
-            VectorOp::Cosine => cosine(d, dot_f32(x, x), dot_f32(y, y)),
-            _ => Some(d),
-        });
     }
-    Ok(Float32Array::from(out))
+    let cosine_op = op == VectorOp::Cosine;
+    let nulls = NullBuffer::union(a.nulls(), b.nulls());
+    device::dispatch(
+        rows,
+        call,
+        |gpu| {
+            let (values, answered) = gpu.pairwise(a.as_vectors(), b.as_vectors(), cosine_op)?;
+            let answered = NullBuffer::from_iter(answered.iter().map(|&f| f != 0));
+            let nulls = NullBuffer::union(nulls.as_ref(), Some(&answered));
+            Ok(Float32Array::new(values.into(), nulls))
+        },
+        || {
+            let out = (0..rows).map(|i| {
+                if !a.is_valid(i) || !b.is_valid(i) {
+                    return None;
+                }
+                let (x, y) = (a.row(i), b.row(i));
+                let d = dot_f32(x, y);
+                match op {
+                    VectorOp::Cosine => cosine(d, dot_f32(x, x), dot_f32(y, y)),
+                    _ => Some(d),
+                }
+            });
+            Ok(Float32Array::from_iter(out))
+        },
+    )
 }
 
 /// Each vector divided by its Euclidean norm; a zero vector stays zero.
-pub fn l2_normalize(v: &Rows<Float32Type>) -> ArrayRef {
-    let mut values = Vec::new();
-    let mut offsets = Vec::with_capacity(v.len() + 1);
-    offsets.push(0i32);
-    for i in 0..v.len() {
-        let row = v.row(i);
-        let at = values.len();
-        values.resize(at + row.len(), 0.0);
-        if v.is_valid(i) {
-            normalize_into(row, &mut values[at..]);
-        }
-        offsets.push(values.len() as i32);
-    }
+pub fn l2_normalize(call: &str, v: &Rows<Float32Type>) -> Result<ArrayRef> {
+    let rows = v.len();
     let nulls = v.nulls().cloned();
-    match v.fixed_len() {
+    // Offsets of the output, counted from 0.
+    let offsets: Vec<i32> = match v.offsets() {
+        Some(o) => o.iter().map(|x| x - o[0]).collect(),
+        None => (0..=rows)
+            .map(|i| (i * v.fixed_len().unwrap_or(0)) as i32)
+            .collect(),
+    };
+    let values = device::dispatch(
+        rows,
+        call,
+        |gpu| gpu.l2_normalize(v.as_vectors()),
+        || {
+            let mut values = vec![0f32; *offsets.last().unwrap_or(&0) as usize];
+            for i in (0..rows).filter(|&i| v.is_valid(i)) {
+                normalize_into(
+                    v.row(i),
+                    &mut values[offsets[i] as usize..offsets[i + 1] as usize],
+                );
+            }
+            Ok(values)
+        },
+    )?;
+    Ok(match v.fixed_len() {
         Some(width) => lists::fixed_size_list::<Float32Type>(values, width, nulls),
         None => {
             let item = Arc::new(Field::new_list_field(DataType::Float32, false));
@@ -158,7 +186,7 @@ pub fn l2_normalize(v: &Rows<Float32Type>) -> ArrayRef {
                 nulls,
             ))
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -211,7 +239,7 @@ mod tests {
             None,
             Some(vec![Some(1.0), None]),
         ]);
-        let n = l2_normalize(&Rows::new("t", &v).unwrap());
+        let n = l2_normalize("t", &Rows::new("t", &v).unwrap()).unwrap();
         let n = n.as_list::<i32>();
         assert_eq!(
             n.value(0).as_primitive::<Float32Type>().values().to_vec(),

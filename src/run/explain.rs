@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::engine::{self, Resources};
 use crate::error::{Context, KilnError, Result};
 use crate::featureset::OpenTables;
+use crate::functions;
 use crate::pipeline::Pipeline;
 
 #[derive(Debug, Clone, Serialize)]
@@ -16,6 +17,14 @@ pub struct InsertPlan {
     pub feature_set: String,
     /// (plan type, plan text), as DataFusion's EXPLAIN gives them.
     pub plans: Vec<(String, String)>,
+    /// The feature functions the query calls and where each runs.
+    pub functions: Vec<FunctionDevice>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionDevice {
+    pub function: String,
+    pub device: String,
 }
 
 pub async fn explain_pipeline(
@@ -35,6 +44,14 @@ pub async fn explain_pipeline(
     let mut out = Vec::new();
     for insert in planned.inserts {
         let name = insert.feature_set.name.clone();
+        let devices = functions::device::current();
+        let functions = functions::used_in(insert.df.logical_plan())
+            .into_iter()
+            .map(|f| FunctionDevice {
+                device: devices.describe(functions::ON_GPU.contains(&f.as_str())),
+                function: f,
+            })
+            .collect();
         let batches = insert
             .df
             .explain(false, analyze)
@@ -45,6 +62,7 @@ pub async fn explain_pipeline(
         out.push(InsertPlan {
             feature_set: name,
             plans: batches.iter().flat_map(plan_rows).collect(),
+            functions,
         });
     }
     Ok(out)

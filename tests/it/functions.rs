@@ -242,3 +242,72 @@ fn a_pipeline_computes_what_the_reference_defines() {
         "kiln and the reference disagree"
     );
 }
+
+#[test]
+fn explain_shows_where_each_function_runs_and_gpu_fails_clearly_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    python_json(MAKE_DOCS, &[data.join("docs.parquet").to_str().unwrap()], &[]);
+    write(&dir.path().join("docs.sql"), PIPELINE);
+    let out = dir.path().join("features");
+    let (set_data, set_out) = (
+        format!("DATA={}", data.display()),
+        format!("OUT={}", out.display()),
+    );
+    let sets = ["--set", set_data.as_str(), "--set", set_out.as_str()];
+
+    let explain = kiln(
+        dir.path(),
+        &[&["--device", "cpu", "explain", "docs.sql"], &sets[..]].concat(),
+    )
+    .ok();
+    let listed: Vec<&str> = explain
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "-- feature functions")
+        .skip(1)
+        .collect();
+    assert!(
+        listed.contains(&"hash_bucket: cpu (--device cpu)"),
+        "{}",
+        explain.stdout
+    );
+    assert!(
+        listed.contains(&"quantile_bucket: cpu (--device cpu)"),
+        "{}",
+        explain.stdout
+    );
+    assert_eq!(
+        listed.len(),
+        11,
+        "every kiln function the pipeline calls, once: {listed:?}"
+    );
+    let json = kiln(
+        dir.path(),
+        &[&["explain", "docs.sql", "--output", "json"], &sets[..]].concat(),
+    )
+    .ok()
+    .json();
+    assert_eq!(json[0]["functions"].as_array().unwrap().len(), 11);
+
+    let gpu = kiln_env(
+        dir.path(),
+        &[&["run", "docs.sql"], &sets[..]].concat(),
+        &[("KILN_DEVICE", "gpu")],
+    );
+    if kiln_kernels::gpu::driver_present() {
+        gpu.ok();
+    } else {
+        let failed = gpu.failed();
+        assert!(
+            failed.stderr.contains("error: --device gpu: no CUDA driver"),
+            "{}",
+            failed.stderr
+        );
+        assert!(
+            !has_delta_log(&out.join("doc_features")),
+            "nothing may be written"
+        );
+    }
+}

@@ -11,4 +11,5 @@
 pub mod cpu;
 pub mod gpu;
 pub mod mix;
+pub mod sample;
 pub mod sources;

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use kiln_kernels::cpu::{bucketize, hash, minhash, projection, vector};
 use kiln_kernels::mix::mix64;
+use kiln_kernels::sample::{MIXED, Random};
 use libloading::{Library, Symbol};
 
 const BLOCK: u32 = 256;
@@ -75,37 +76,6 @@ impl Emulated {
     }
 }
 
-/// Reproducible pseudo-random numbers.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.0)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn float(&mut self) -> f32 {
-        (self.below(2001) as f32 - 1000.0) / 250.0
-    }
-}
-
-/// Strings of 0 to `max` characters, some of them not ASCII, as Arrow
-/// offsets and bytes.
-fn strings(r: &mut Random, rows: usize, max: u64) -> (Vec<i32>, Vec<u8>) {
-    let alphabet = ["a", "b", "c", " ", "é", "ß", "日", "🙂", "x", "y"];
-    let mut offsets = vec![0i32];
-    let mut bytes = Vec::new();
-    for _ in 0..rows {
-        for _ in 0..r.below(max + 1) {
-            bytes.extend_from_slice(alphabet[r.below(alphabet.len() as u64) as usize].as_bytes());
-        }
-        offsets.push(bytes.len() as i32);
-    }
-    (offsets, bytes)
-}
-
 /// Both poisons: whatever the output held before, the kernel's answer
 /// must be the same.
 const POISONS: [u8; 2] = [0xA5, 0x5A];
@@ -128,7 +98,7 @@ fn hash_bucket_kernels_compute_what_the_cpu_computes() {
     let lib = Emulated::compile("hash_bucket.cu");
     let mut r = Random(1);
     for rows in [1usize, 255, 256, 257, 1000] {
-        let (offsets, bytes) = strings(&mut r, rows, 40);
+        let (offsets, bytes) = r.strings(rows, 0, 40, MIXED);
         let n = 1 + r.below(1 << 40);
         let mut want = vec![0i64; rows];
         hash::buckets_of_offsets(&offsets, &bytes, n, &mut want);
@@ -153,7 +123,7 @@ fn hash_bucket_kernels_compute_what_the_cpu_computes() {
             assert_eq!(got, want[first..], "strings, {rows} rows");
         }
 
-        let ints: Vec<u64> = (0..rows).map(|_| r.next()).collect();
+        let ints: Vec<u64> = (0..rows).map(|_| r.next_u64()).collect();
         let mut want = vec![0i64; rows];
         hash::buckets_of_ints(ints.iter().copied(), n, &mut want);
         for poison in POISONS {
@@ -228,7 +198,7 @@ fn minhash_kernel_computes_what_the_cpu_computes() {
         (257, 45, 5),
         (64, 128, 9),
     ] {
-        let (offsets, bytes) = strings(&mut r, rows, 30);
+        let (offsets, bytes) = r.strings(rows, 0, 30, MIXED);
         let keys = minhash::keys(num_perm);
         let mut want = vec![0u32; rows * num_perm];
         minhash::signatures_of_offsets(&offsets, &bytes, &keys, k, &mut want);

@@ -6,6 +6,7 @@ pub mod bucketize;
 pub mod hash;
 pub mod minhash;
 pub mod projection;
+pub mod scale;
 pub mod vector;
 
 /// An Arrow offset (`i32` for `Utf8` and `List`, `i64` for the `Large`

@@ -8,8 +8,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtrMut, PinnedHostSlice,
+    CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtrMut, PinnedHostSlice,
 };
 
 use super::{GpuError, Result};
@@ -45,6 +46,10 @@ pub struct Lanes {
     /// A byte every output buffer is filled with before a kernel runs, so
     /// that an element the kernel fails to write shows up (gpu-check).
     poison: Option<u8>,
+    /// Whether to time each kernel with events (gpu-check), and the sum of
+    /// those times over the last call, in milliseconds.
+    timing: bool,
+    kernel_ms: f64,
 }
 
 fn aligned(n: usize) -> usize {
@@ -107,7 +112,19 @@ impl Lanes {
             lanes: [Lane::new(a), Lane::new(b)],
             chunk_bytes,
             poison: None,
+            timing: false,
+            kernel_ms: 0.0,
         }
+    }
+
+    pub(crate) fn set_timing(&mut self, on: bool) {
+        self.timing = on;
+    }
+
+    /// The kernels' own time in the last call (copies excluded), when
+    /// timing is on.
+    pub(crate) fn kernel_ms(&self) -> f64 {
+        self.kernel_ms
     }
 
     pub(crate) fn set_chunk_bytes(&mut self, bytes: usize) {
@@ -131,7 +148,8 @@ impl Lanes {
         out: &mut [u8],
         launch: impl Fn(&Arc<CudaStream>, &[CudaView<'_, u8>], &mut CudaViewMut<'_, u8>, usize) -> Result<()>,
     ) -> Result<()> {
-        let result = self.run_all(chunks, out, launch);
+        let mut events = Vec::new();
+        let result = self.run_all(chunks, out, launch, &mut events);
         // Whatever happened, nothing may stay in flight into buffers that
         // the next call reuses.
         for lane in &mut self.lanes {
@@ -139,6 +157,10 @@ impl Lanes {
             if result.is_ok() {
                 drained?;
             }
+        }
+        self.kernel_ms = 0.0;
+        for (start, end) in &events {
+            self.kernel_ms += f64::from(start.elapsed_ms(end)?);
         }
         result
     }
@@ -148,6 +170,7 @@ impl Lanes {
         chunks: impl IntoIterator<Item = Chunk<'a>>,
         out: &mut [u8],
         launch: impl Fn(&Arc<CudaStream>, &[CudaView<'_, u8>], &mut CudaViewMut<'_, u8>, usize) -> Result<()>,
+        events: &mut Vec<(CudaEvent, CudaEvent)>,
     ) -> Result<()> {
         for (index, chunk) in chunks.into_iter().enumerate() {
             let lane = &mut self.lanes[index % 2];
@@ -197,7 +220,21 @@ impl Lanes {
                     cudarc::driver::result::memset_d8_async(ptr, byte, out_bytes, lane.stream.cu_stream())
                 }?;
             }
+            let timed = if self.timing {
+                let (start, end) = (
+                    self.ctx.new_event(Some(CU_EVENT_DEFAULT))?,
+                    self.ctx.new_event(Some(CU_EVENT_DEFAULT))?,
+                );
+                start.record(&lane.stream)?;
+                Some((start, end))
+            } else {
+                None
+            };
             launch(&lane.stream, &views, &mut out_view, index)?;
+            if let Some((start, end)) = timed {
+                end.record(&lane.stream)?;
+                events.push((start, end));
+            }
             let home = pinned_out.as_mut_slice()?;
             lane.stream
                 .memcpy_dtoh(&out_view.slice(0..out_bytes), &mut home[..out_bytes])?;

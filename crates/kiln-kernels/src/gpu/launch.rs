@@ -76,6 +76,16 @@ impl Gpu {
         self.lanes().set_poison(byte);
     }
 
+    /// Times every kernel launch with events from now on.
+    pub fn set_timing(&self, on: bool) {
+        self.lanes().set_timing(on);
+    }
+
+    /// The kernels' time in the last call, copies excluded (with timing on).
+    pub fn kernel_ms(&self) -> f64 {
+        self.lanes().kernel_ms()
+    }
+
     /// `hash_bucket` of Arrow strings or binaries, from their offsets and
     /// values buffers as they lie.
     pub fn hash_bucket_offsets<O: Offset + Copy + Into<i64>>(
