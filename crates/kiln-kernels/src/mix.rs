@@ -22,23 +22,73 @@ pub fn xxh64(bytes: &[u8]) -> u64 {
     twox_hash::XxHash64::oneshot(0, bytes)
 }
 
-/// `xxh64` of an integer's 8 little-endian bytes, written out for that
-/// one length: the same value, without the general loop.
+const P1: u64 = 0x9E37_79B1_85EB_CA87;
+const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const P3: u64 = 0x1656_67B1_9E37_79F9;
+const P4: u64 = 0x85EB_CA77_C2B2_AE63;
+const P5: u64 = 0x27D4_EB2F_1656_67C5;
+
 #[inline]
-pub fn xxh64_u64(v: u64) -> u64 {
-    const P1: u64 = 0x9E37_79B1_85EB_CA87;
-    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-    const P3: u64 = 0x1656_67B1_9E37_79F9;
-    const P4: u64 = 0x85EB_CA77_C2B2_AE63;
-    const P5: u64 = 0x27D4_EB2F_1656_67C5;
-    let k = v.wrapping_mul(P2).rotate_left(31).wrapping_mul(P1);
-    let mut h = P5.wrapping_add(8) ^ k;
-    h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
+fn avalanche(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(P2);
     h ^= h >> 29;
     h = h.wrapping_mul(P3);
     h ^ (h >> 32)
+}
+
+/// One 8-byte step of xxHash64's tail.
+#[inline]
+fn word_step(h: u64, word: u64) -> u64 {
+    let k = word.wrapping_mul(P2).rotate_left(31).wrapping_mul(P1);
+    (h ^ k).rotate_left(27).wrapping_mul(P1).wrapping_add(P4)
+}
+
+/// `xxh64` of an integer's 8 little-endian bytes, written out for that
+/// one length: the same value, without the general loop.
+#[inline]
+pub fn xxh64_u64(v: u64) -> u64 {
+    avalanche(word_step(P5.wrapping_add(8), v))
+}
+
+/// `xxh64(&buffer[start..start + len])`, reading up to 32 bytes from
+/// `start` where the buffer has them. Below 32 bytes xxHash64 is a tail of
+/// at most three 8-byte steps, one 4-byte step and three 1-byte steps;
+/// here every step is computed and the ones past `len` discarded, so the
+/// row's length costs no mispredicted branch (rows of random lengths are
+/// what string columns hold). The same value as [`xxh64`].
+#[inline]
+pub fn xxh64_at(buffer: &[u8], start: usize, len: usize) -> u64 {
+    let Some(window) = buffer.get(start..start + 32).filter(|_| len < 32) else {
+        return xxh64(&buffer[start..start + len]);
+    };
+    let word = |at: usize| u64::from_le_bytes(window[at..at + 8].try_into().expect("8 bytes"));
+    let mut h = P5.wrapping_add(len as u64);
+    let words = len / 8;
+    for i in 0..3 {
+        let next = word_step(h, word(8 * i));
+        h = if i < words { next } else { h };
+    }
+    let at = 8 * words;
+    let rest = len - at;
+    // The 4-byte step, then the last bytes, from one load: past the last
+    // 8-byte step (at most at byte 24) the window holds 8 more.
+    let tail = word(at);
+    let four = rest >= 4;
+    let next = (h ^ (tail & 0xFFFF_FFFF).wrapping_mul(P1))
+        .rotate_left(23)
+        .wrapping_mul(P2)
+        .wrapping_add(P3);
+    h = if four { next } else { h };
+    let tail = if four { tail >> 32 } else { tail };
+    let bytes = rest - if four { 4 } else { 0 };
+    for j in 0..3 {
+        let next = (h ^ ((tail >> (8 * j)) & 0xFF).wrapping_mul(P5))
+            .rotate_left(11)
+            .wrapping_mul(P1);
+        h = if j < bytes { next } else { h };
+    }
+    avalanche(h)
 }
 
 /// The key of MinHash permutation `i`: the `i + 1`-th output of a
@@ -79,6 +129,17 @@ mod tests {
             assert_eq!(xxh64_u64(v), xxh64(&v.to_le_bytes()), "{v:#x}");
         }
         assert_eq!(xxh64_u64(u64::MAX), xxh64(&[0xFF; 8]));
+    }
+
+    #[test]
+    fn the_branch_free_short_xxh64_is_xxh64() {
+        let buffer: Vec<u8> = (0..200u64).map(|i| (mix64(i) >> 56) as u8).collect();
+        for start in 0..buffer.len() {
+            for len in 0..=(buffer.len() - start).min(40) {
+                let want = xxh64(&buffer[start..start + len]);
+                assert_eq!(xxh64_at(&buffer, start, len), want, "start {start}, len {len}");
+            }
+        }
     }
 
     #[test]
