@@ -765,7 +765,7 @@ fn main() -> ExitCode {
     if runs_sql(&cli.command)
         && let Err(e) = device::configure(cli.device.choice())
     {
-        eprintln!("error: --device gpu: {e}");
+        eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
     // Test builds only (the `failpoints` feature): FAILPOINTS=name=action.

@@ -40,66 +40,92 @@ pub const DEFAULT_GPU_MIN_ROWS: usize = 65_536;
 #[derive(Debug)]
 pub struct Devices {
     choice: DeviceChoice,
-    gpu: Option<Arc<Gpu>>,
-    /// Why there is no GPU, for `kiln explain`.
-    missing: Option<String>,
+    /// The GPU once opened, or why there is none. `auto` opens it for the
+    /// first batch large enough to go there, so a run that never calls a
+    /// function on such a batch creates no CUDA context and compiles no
+    /// kernel.
+    gpu: OnceLock<Result<Arc<Gpu>, String>>,
     min_rows: usize,
 }
 
 static DEVICES: OnceLock<Devices> = OnceLock::new();
 
-/// Opens the GPU if `choice` may use one. With `gpu`, a machine without
-/// one is an error here, before any data is read; with `auto` it is the
-/// CPU. Later calls keep the first choice.
-pub fn configure(choice: DeviceChoice) -> Result<&'static Devices, GpuError> {
+/// Chooses the devices for this process. With `gpu` the GPU is opened (and
+/// the kernels compiled) here, and a machine without one is an error
+/// before any data is read; with `auto` a machine without a CUDA driver is
+/// the CPU at once. Later calls keep the first choice.
+pub fn configure(choice: DeviceChoice) -> Result<&'static Devices, String> {
     if let Some(d) = DEVICES.get() {
         return Ok(d);
     }
-    let min_rows = std::env::var("KILN_GPU_MIN_ROWS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_GPU_MIN_ROWS);
-    let (gpu, missing) = match choice {
-        DeviceChoice::Cpu => (None, Some("--device cpu".to_string())),
-        DeviceChoice::Auto | DeviceChoice::Gpu => match Gpu::open(0) {
-            Ok(gpu) => {
-                tracing::info!(
-                    device = gpu.name(),
-                    arch = gpu.arch(),
-                    "feature functions may use the GPU"
-                );
-                (Some(Arc::new(gpu)), None)
-            }
-            Err(e) if choice == DeviceChoice::Gpu => return Err(e),
-            Err(e) => (None, Some(e.to_string())),
-        },
+    let min_rows = match std::env::var("KILN_GPU_MIN_ROWS") {
+        Err(_) => DEFAULT_GPU_MIN_ROWS,
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("KILN_GPU_MIN_ROWS must be a number of rows, not '{v}'"))?,
     };
+    let gpu = OnceLock::new();
+    match choice {
+        DeviceChoice::Cpu => {
+            let _ = gpu.set(Err("--device cpu".to_string()));
+        }
+        DeviceChoice::Gpu => {
+            let _ = gpu.set(Ok(Arc::new(open().map_err(|e| format!("--device gpu: {e}"))?)));
+        }
+        DeviceChoice::Auto if !kiln_kernels::gpu::driver_present() => {
+            let _ = gpu.set(Err(GpuError::NoDriver.to_string()));
+        }
+        DeviceChoice::Auto => {}
+    }
     Ok(DEVICES.get_or_init(|| Devices {
         choice,
         gpu,
-        missing,
         min_rows,
     }))
 }
 
+fn open() -> Result<Gpu, GpuError> {
+    let gpu = Gpu::open(0)?;
+    tracing::info!(
+        device = gpu.name(),
+        arch = gpu.arch(),
+        "feature functions may use the GPU"
+    );
+    Ok(gpu)
+}
+
 /// The process's devices: the CPU alone until [`configure`] chose.
 pub fn current() -> &'static Devices {
-    DEVICES.get_or_init(|| Devices {
-        choice: DeviceChoice::Cpu,
-        gpu: None,
-        missing: Some("no device was chosen".to_string()),
-        min_rows: DEFAULT_GPU_MIN_ROWS,
+    DEVICES.get_or_init(|| {
+        let gpu = OnceLock::new();
+        let _ = gpu.set(Err("no device was chosen".to_string()));
+        Devices {
+            choice: DeviceChoice::Cpu,
+            gpu,
+            min_rows: DEFAULT_GPU_MIN_ROWS,
+        }
     })
 }
 
 impl Devices {
+    /// The GPU, opened on first use; none where it cannot be.
+    fn gpu(&self) -> Option<&Gpu> {
+        let opened = self.gpu.get_or_init(|| {
+            open().map(Arc::new).map_err(|e| {
+                tracing::info!(reason = %e, "no GPU: the feature functions run on the CPU");
+                e.to_string()
+            })
+        });
+        opened.as_deref().ok()
+    }
+
     /// The GPU for a batch of `rows`, if this batch goes there.
     pub fn gpu_for(&self, rows: usize) -> Option<&Gpu> {
-        let gpu = self.gpu.as_deref()?;
         match self.choice {
-            DeviceChoice::Gpu => Some(gpu),
-            DeviceChoice::Auto if rows >= self.min_rows => Some(gpu),
-            _ => None,
+            DeviceChoice::Cpu => None,
+            DeviceChoice::Auto if rows < self.min_rows => None,
+            DeviceChoice::Auto | DeviceChoice::Gpu => self.gpu(),
         }
     }
 
@@ -109,15 +135,23 @@ impl Devices {
         self.choice != DeviceChoice::Gpu
     }
 
-    /// Where a function runs, in words, for `kiln explain`.
+    /// Where a function runs, in words, for `kiln explain` (which opens
+    /// the GPU to name it).
     pub fn describe(&self, has_kernel: bool) -> String {
-        let gpu = match (&self.gpu, has_kernel) {
-            (Some(gpu), true) => gpu,
-            (Some(_), false) => return "cpu (no GPU kernel for this function)".to_string(),
-            (None, _) => {
-                return format!("cpu ({})", self.missing.as_deref().unwrap_or("no GPU"));
-            }
+        if self.choice == DeviceChoice::Cpu {
+            return "cpu (--device cpu)".to_string();
+        }
+        let Some(gpu) = self.gpu() else {
+            let why = self
+                .gpu
+                .get()
+                .and_then(|g| g.as_ref().err())
+                .map_or("no GPU", String::as_str);
+            return format!("cpu ({why})");
         };
+        if !has_kernel {
+            return "cpu (no GPU kernel for this function)".to_string();
+        }
         match self.choice {
             DeviceChoice::Gpu => format!("gpu ({}, {})", gpu.name(), gpu.arch()),
             _ => format!(

@@ -291,6 +291,15 @@ fn explain_shows_where_each_function_runs_and_gpu_fails_clearly_without_one() {
     .json();
     assert_eq!(json[0]["functions"].as_array().unwrap().len(), 11);
 
+    let run = [&["run", "docs.sql"], &sets[..]].concat();
+    let bad = kiln_env(dir.path(), &run, &[("KILN_GPU_MIN_ROWS", "lots")]).failed();
+    assert!(
+        bad.stderr
+            .contains("KILN_GPU_MIN_ROWS must be a number of rows, not 'lots'"),
+        "{}",
+        bad.stderr
+    );
+
     let gpu = kiln_env(
         dir.path(),
         &[&["run", "docs.sql"], &sets[..]].concat(),
