@@ -47,3 +47,41 @@ fn a_kernel_that_does_not_compile_is_an_error_with_nvrtcs_log() {
     let e = gpu::compile(&broken, "compute_80").unwrap_err().to_string();
     assert!(e.contains("broken.cu") && e.contains("undeclared"), "{e}");
 }
+
+#[test]
+fn compiled_kernels_are_kept_on_disk_and_read_back() {
+    assert!(gpu::nvrtc_present(), "libnvrtc not found (see above)");
+    let dir = tempfile::tempdir().unwrap();
+    let first = gpu::cache::compile_cached(&sources::BUCKETIZE, "compute_80", Some(dir.path()))
+        .unwrap()
+        .to_src();
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        name.starts_with("bucketize-compute_80-nvrtc") && name.ends_with(".ptx"),
+        "{name}"
+    );
+    assert_eq!(std::fs::read_to_string(&files[0]).unwrap(), first);
+
+    // Read back, not compiled again: a marked copy comes back as it is.
+    let marked = format!("{first}\n// kept\n");
+    std::fs::write(&files[0], &marked).unwrap();
+    let again = gpu::cache::compile_cached(&sources::BUCKETIZE, "compute_80", Some(dir.path()))
+        .unwrap()
+        .to_src();
+    assert_eq!(again, marked);
+
+    // A damaged file is compiled over.
+    std::fs::write(&files[0], "garbage").unwrap();
+    let fixed = gpu::cache::compile_cached(&sources::BUCKETIZE, "compute_80", Some(dir.path()))
+        .unwrap()
+        .to_src();
+    assert_eq!(fixed, first);
+    // Another architecture is another file.
+    gpu::cache::compile_cached(&sources::BUCKETIZE, "compute_90", Some(dir.path())).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}

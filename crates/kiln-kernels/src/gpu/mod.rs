@@ -1,9 +1,10 @@
 //! The GPU layer: finds a CUDA device (without panicking where there is
-//! none), compiles every kernel with NVRTC for its architecture once, at
-//! start-up, and runs them on Arrow's buffers in chunks that fit the
+//! none), compiles every kernel with NVRTC for its architecture when it
+//! opens the device (or takes the PTX from [`cache`]), and runs them on Arrow's buffers in chunks that fit the
 //! device's free memory ([`chunks`]), through pinned host memory on two
 //! streams so that one chunk's copies overlap the other's kernel.
 
+pub mod cache;
 mod chunks;
 mod launch;
 
@@ -119,8 +120,9 @@ impl Gpu {
         let (major, minor) = ctx.compute_capability()?;
         let arch = format!("compute_{major}{minor}");
         let mut functions = HashMap::new();
+        let cache = cache::default_dir();
         for source in sources::ALL {
-            let module = ctx.load_module(compile(&source, &arch)?)?;
+            let module = ctx.load_module(cache::compile_cached(&source, &arch, cache.as_deref())?)?;
             for &kernel in source.kernels {
                 functions.insert(kernel, module.load_function(kernel)?);
             }
