@@ -10,7 +10,7 @@
 # at run time), so it can be built on a machine without CUDA and brought
 # to one without a Rust toolchain:
 #
-#   cargo build --release -p kiln-kernels --bin gpu-check     # ~15 s
+#   cargo build --release -p kiln-kernels --bin gpu-check     # 11 s cold on 2 cores
 #   cp "${CARGO_TARGET_DIR:-target}/release/gpu-check" .gpu-check/
 #   # on the GPU machine, from the repository root:
 #   bash benches/gpu_check.sh .gpu-check/gpu-check

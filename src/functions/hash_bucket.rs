@@ -2,6 +2,7 @@
 //! hashing trick of feature engineering. xxHash64 (seed 0) of the value's
 //! bytes, as an unsigned 64-bit integer, modulo `n`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, Int64Array};
@@ -158,19 +159,27 @@ fn of_offsets<O: Offset + Into<i64>>(offsets: &[O], bytes: &[u8], n: u64) -> Res
 }
 
 /// Integers of any width as 64 bits, signed ones sign-extended.
-fn widened(values: &ArrayRef) -> Result<Vec<u64>> {
-    fn wide<T: ArrowPrimitiveType>(a: &ArrayRef, f: impl Fn(T::Native) -> u64) -> Vec<u64> {
-        a.as_primitive::<T>().values().iter().map(|&v| f(v)).collect()
+/// 64-bit integers are read where they lie; narrower ones are copied wide.
+fn widened(values: &ArrayRef) -> Result<Cow<'_, [u64]>> {
+    fn wide<T: ArrowPrimitiveType>(a: &ArrayRef, f: impl Fn(T::Native) -> u64) -> Cow<'_, [u64]> {
+        Cow::Owned(a.as_primitive::<T>().values().iter().map(|&v| f(v)).collect())
     }
     Ok(match values.data_type() {
+        // The same 8 bytes either way: two's complement.
+        DataType::Int64 => Cow::Borrowed(
+            values
+                .as_primitive::<Int64Type>()
+                .values()
+                .inner()
+                .typed_data::<u64>(),
+        ),
+        DataType::UInt64 => Cow::Borrowed(values.as_primitive::<UInt64Type>().values().as_ref()),
         DataType::Int8 => wide::<Int8Type>(values, |v| v as u64),
         DataType::Int16 => wide::<Int16Type>(values, |v| v as u64),
         DataType::Int32 => wide::<Int32Type>(values, |v| v as u64),
-        DataType::Int64 => wide::<Int64Type>(values, |v| v as u64),
         DataType::UInt8 => wide::<UInt8Type>(values, u64::from),
         DataType::UInt16 => wide::<UInt16Type>(values, u64::from),
         DataType::UInt32 => wide::<UInt32Type>(values, u64::from),
-        DataType::UInt64 => wide::<UInt64Type>(values, |v| v),
         other => return exec_err!("{CALL}: cannot hash {other}"),
     })
 }

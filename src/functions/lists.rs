@@ -8,7 +8,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, ArrowPrimitiveType, AsArray, FixedSizeListArray, PrimitiveArray,
 };
 use datafusion::arrow::buffer::{NullBuffer, ScalarBuffer};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float32Type};
+use datafusion::arrow::datatypes::{DataType, Field, Float32Type};
 use datafusion::common::{Result, exec_err, plan_datafusion_err, plan_err};
 use kiln_kernels::gpu::VectorRows;
 
@@ -142,24 +142,25 @@ pub fn check_same_len(call: &str, row: usize, a: usize, b: usize) -> Result<()> 
 /// `FixedSizeList` kept fixed (so its width is known while planning), any
 /// other list as `List`.
 pub fn vector_arg(call: &str, what: &str, t: &DataType) -> Result<DataType> {
-    let item = |f: &FieldRef| {
-        let t = f.data_type();
-        (t.is_integer() || t.is_floating() || *t == DataType::Null)
-            .then(|| Arc::new(Field::new_list_field(DataType::Float32, true)))
-    };
-    let coerced = match t {
-        DataType::FixedSizeList(f, n) => item(f).map(|f| DataType::FixedSizeList(f, *n)),
+    list_of(t, DataType::Float32, |t| {
+        t.is_integer() || t.is_floating() || *t == DataType::Null
+    })
+    .ok_or_else(|| plan_datafusion_err!("{call}: {what} must be a list of numbers (a vector), not {t}"))
+}
+
+/// A list type read with `item` elements, where its own elements are ones
+/// `accepts` takes: a `FixedSizeList` stays fixed, any other list (and an
+/// untyped NULL) becomes a `List`.
+pub fn list_of(t: &DataType, item: DataType, accepts: impl Fn(&DataType) -> bool) -> Option<DataType> {
+    let field = Arc::new(Field::new_list_field(item, true));
+    match t {
+        DataType::FixedSizeList(f, n) => accepts(f.data_type()).then_some(DataType::FixedSizeList(field, *n)),
         DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) | DataType::LargeListView(f) => {
-            item(f).map(DataType::List)
+            accepts(f.data_type()).then_some(DataType::List(field))
         }
-        DataType::Null => Some(DataType::List(Arc::new(Field::new_list_field(
-            DataType::Float32,
-            true,
-        )))),
+        DataType::Null => Some(DataType::List(field)),
         _ => None,
-    };
-    coerced
-        .ok_or_else(|| plan_datafusion_err!("{call}: {what} must be a list of numbers (a vector), not {t}"))
+    }
 }
 
 /// Two vector arguments whose types fix different widths cannot pair.

@@ -165,22 +165,7 @@ impl Default for MinHashJaccard {
 /// A signature as kiln writes it (`FixedSizeList<UInt32>`) or as it comes
 /// back from elsewhere (a list of integers of any width).
 fn signature_arg(t: &DataType) -> Option<DataType> {
-    let item = |f: &FieldRef| {
-        f.data_type()
-            .is_integer()
-            .then(|| Arc::new(Field::new_list_field(DataType::UInt32, true)))
-    };
-    match t {
-        DataType::FixedSizeList(f, n) => Some(DataType::FixedSizeList(item(f)?, *n)),
-        DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) | DataType::LargeListView(f) => {
-            Some(DataType::List(item(f)?))
-        }
-        DataType::Null => Some(DataType::List(Arc::new(Field::new_list_field(
-            DataType::UInt32,
-            true,
-        )))),
-        _ => None,
-    }
+    lists::list_of(t, DataType::UInt32, DataType::is_integer)
 }
 
 impl ScalarUDFImpl for MinHashJaccard {

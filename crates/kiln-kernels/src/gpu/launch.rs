@@ -54,6 +54,15 @@ impl VectorRows<'_> {
         (offsets, bytes_of(&self.values[self.span(rows.start, rows.end)]))
     }
 
+    /// The chunk's inputs as the one-vector kernels take them: values,
+    /// then offsets if any.
+    fn values_then_offsets(&self, rows: &Range<usize>) -> Vec<&[u8]> {
+        let (offsets, values) = self.inputs(rows);
+        let mut inputs = vec![values];
+        inputs.extend(offsets);
+        inputs
+    }
+
     fn base(&self, first: usize) -> i64 {
         self.offsets.map_or(0, |o| i64::from(o[first]))
     }
@@ -299,12 +308,9 @@ impl Gpu {
         let ranges = plan(v.rows, lanes.chunk_bytes(), |f, l| 2 * v.cost(f, l) + 32)?;
         let start = v.span(0, 0).start;
         let chunks = ranges.iter().map(|r| {
-            let (offsets, values) = v.inputs(r);
             let span = v.span(r.start, r.end);
-            let mut inputs = vec![values];
-            inputs.extend(offsets);
             Chunk {
-                inputs,
+                inputs: v.values_then_offsets(r),
                 out: 4 * (span.start - start)..4 * (span.end - start),
             }
         });
@@ -337,14 +343,9 @@ impl Gpu {
         let ranges = plan(v.rows, lanes.chunk_bytes(), |f, l| {
             v.cost(f, l) + 4 * dim * (l - f) + 32
         })?;
-        let chunks = ranges.iter().map(|r| {
-            let (offsets, values) = v.inputs(r);
-            let mut inputs = vec![values];
-            inputs.extend(offsets);
-            Chunk {
-                inputs,
-                out: 4 * dim * r.start..4 * dim * r.end,
-            }
+        let chunks = ranges.iter().map(|r| Chunk {
+            inputs: v.values_then_offsets(r),
+            out: 4 * dim * r.start..4 * dim * r.end,
         });
         let mut out = output::<f32>(v.rows * dim);
         let (width, dim32, seed_mix) = (v.width as u32, dim as u32, mix64(seed));
