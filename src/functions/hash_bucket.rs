@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, Int64Array};
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int8Type, Int16Type, Int32Type, Int64Type};
 use datafusion::arrow::datatypes::{UInt8Type, UInt16Type, UInt32Type, UInt64Type};
 use datafusion::common::{Result, exec_err, plan_err};
@@ -15,7 +16,7 @@ use datafusion::logical_expr::{
 
 use super::{args, device};
 use kiln_kernels::cpu::Offset;
-use kiln_kernels::cpu::hash::{buckets_of, buckets_of_ints, buckets_of_offsets};
+use kiln_kernels::cpu::hash::{buckets_of_ints, buckets_of_offsets, buckets_of_views};
 
 const CALL: &str = "hash_bucket(value, n)";
 
@@ -113,18 +114,12 @@ pub fn hash_buckets(values: &ArrayRef, n: u64) -> Result<ArrayRef> {
         }
         // Views point anywhere: the CPU walks them.
         DataType::Utf8View => {
-            let mut out = vec![0i64; values.len()];
-            buckets_of(values.as_string_view().bytes_iter(), n, &mut out);
-            out
+            let a = values.as_string_view();
+            of_views(a.views(), a.data_buffers(), n)
         }
         DataType::BinaryView => {
-            let mut out = vec![0i64; values.len()];
-            buckets_of(
-                values.as_binary_view().iter().map(|v| v.unwrap_or_default()),
-                n,
-                &mut out,
-            );
-            out
+            let a = values.as_binary_view();
+            of_views(a.views(), a.data_buffers(), n)
         }
         _ => {
             let wide = widened(values)?;
@@ -132,11 +127,7 @@ pub fn hash_buckets(values: &ArrayRef, n: u64) -> Result<ArrayRef> {
                 wide.len(),
                 CALL,
                 |gpu| gpu.hash_bucket_u64(&wide, n),
-                || {
-                    let mut out = vec![0i64; wide.len()];
-                    buckets_of_ints(wide.iter().copied(), n, &mut out);
-                    Ok(out)
-                },
+                || Ok(buckets_of_ints(&wide, n)),
             )?
         }
     };
@@ -150,12 +141,14 @@ fn of_offsets<O: Offset + Into<i64>>(offsets: &[O], bytes: &[u8], n: u64) -> Res
         rows,
         CALL,
         |gpu| gpu.hash_bucket_offsets(offsets, bytes, n),
-        || {
-            let mut out = vec![0i64; rows];
-            buckets_of_offsets(offsets, bytes, n, &mut out);
-            Ok(out)
-        },
+        || Ok(buckets_of_offsets(offsets, bytes, n)),
     )
+}
+
+/// Strings or binaries in Arrow's view layout, on the CPU.
+fn of_views(views: &[u128], buffers: &[Buffer], n: u64) -> Vec<i64> {
+    let buffers: Vec<&[u8]> = buffers.iter().map(|b| b.as_slice()).collect();
+    buckets_of_views(views, &buffers, n)
 }
 
 /// Integers of any width as 64 bits, signed ones sign-extended.

@@ -100,8 +100,7 @@ fn hash_bucket_kernels_compute_what_the_cpu_computes() {
     for rows in [1usize, 255, 256, 257, 1000] {
         let (offsets, bytes) = r.strings(rows, 0, 40, MIXED);
         let n = 1 + r.below(1 << 40);
-        let mut want = vec![0i64; rows];
-        hash::buckets_of_offsets(&offsets, &bytes, n, &mut want);
+        let want = hash::buckets_of_offsets(&offsets, &bytes, n);
         // A chunk that starts mid-buffer: offsets from row 3 on, its bytes
         // copied from there, `base` the first offset.
         let first = rows.min(3);
@@ -124,8 +123,7 @@ fn hash_bucket_kernels_compute_what_the_cpu_computes() {
         }
 
         let ints: Vec<u64> = (0..rows).map(|_| r.next_u64()).collect();
-        let mut want = vec![0i64; rows];
-        hash::buckets_of_ints(ints.iter().copied(), n, &mut want);
+        let want = hash::buckets_of_ints(&ints, n);
         for poison in POISONS {
             let mut got = poisoned::<i64>(rows, poison);
             lib.grid::<HashInts>("hash_bucket_u64", rows as u64, |k| unsafe {

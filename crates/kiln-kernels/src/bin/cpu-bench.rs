@@ -32,6 +32,26 @@ fn report(function: &str, rows: usize, mut f: impl FnMut()) {
     println!("{{\"function\": \"{function}\", \"rows\": {rows}, \"seconds\": {seconds}}}");
 }
 
+/// Arrow's views of strings in one buffer: up to 12 bytes inline, longer
+/// ones by their offset in buffer 0.
+fn views_of(offsets: &[i32], bytes: &[u8]) -> Vec<u128> {
+    offsets
+        .windows(2)
+        .map(|w| {
+            let (start, len) = (w[0] as usize, (w[1] - w[0]) as usize);
+            let mut raw = [0u8; 16];
+            raw[..4].copy_from_slice(&(len as u32).to_le_bytes());
+            if len <= 12 {
+                raw[4..4 + len].copy_from_slice(&bytes[start..start + len]);
+            } else {
+                raw[4..8].copy_from_slice(&bytes[start..start + 4]);
+                raw[12..].copy_from_slice(&(start as u32).to_le_bytes());
+            }
+            u128::from_le_bytes(raw)
+        })
+        .collect()
+}
+
 /// Row `i` of `width`-value vectors.
 fn row(v: &[f32], width: usize, i: usize) -> &[f32] {
     &v[i * width..(i + 1) * width]
@@ -47,16 +67,22 @@ fn main() {
     let (offsets, bytes) = r.strings(rows, 4, 20, LOWERCASE);
     report("hash_bucket_string", rows, || {
         batches(rows, |r| {
-            let mut out = vec![0i64; r.len()];
-            hash::buckets_of_offsets(&offsets[r.start..=r.end], &bytes, 1000, &mut out);
+            let out = hash::buckets_of_offsets(&offsets[r.start..=r.end], &bytes, 1000);
             std::hint::black_box(out);
         })
     });
-    let ints: Vec<i64> = (0..rows).map(|_| r.next_u64() as i64).collect();
+    // The same strings as Parquet reads give them to a query: views.
+    let views = views_of(&offsets, &bytes);
+    report("hash_bucket_string_view", rows, || {
+        batches(rows, |r| {
+            let out = hash::buckets_of_views(&views[r], &[&bytes], 1000);
+            std::hint::black_box(out);
+        })
+    });
+    let ints: Vec<u64> = (0..rows).map(|_| r.next_u64()).collect();
     report("hash_bucket_int", rows, || {
         batches(rows, |r| {
-            let mut out = vec![0i64; r.len()];
-            hash::buckets_of_ints(ints[r].iter().map(|&v| v as u64), 1000, &mut out);
+            let out = hash::buckets_of_ints(&ints[r], 1000);
             std::hint::black_box(out);
         })
     });

@@ -210,8 +210,7 @@ fn main() {
         });
         let (offsets, bytes) = r.strings(rows, 0, 24, MIXED);
         let n = 1 + r.below(1 << 40);
-        let mut want = vec![0i64; rows];
-        hash::buckets_of_offsets(&offsets, &bytes, n, &mut want);
+        let want = hash::buckets_of_offsets(&offsets, &bytes, n);
         check.compare(
             &format!("hash_bucket strings, {rows} rows"),
             &want,
@@ -227,7 +226,7 @@ fn main() {
         );
 
         let ints: Vec<u64> = (0..rows).map(|_| r.next_u64()).collect();
-        hash::buckets_of_ints(ints.iter().copied(), n, &mut want);
+        let want = hash::buckets_of_ints(&ints, n);
         check.compare(
             &format!("hash_bucket integers, {rows} rows"),
             &want,
@@ -364,7 +363,7 @@ fn main() {
             || {
                 on_all_cores(rows, |rg| {
                     let o = unsafe { out.range(rg.clone()) };
-                    hash::buckets_of_offsets(&offsets[rg.start..=rg.end], &bytes, 1 << 20, o);
+                    hash::buckets_of_offsets_into(&offsets[rg.start..=rg.end], &bytes, 1 << 20, o);
                 })
             },
             |g| {
