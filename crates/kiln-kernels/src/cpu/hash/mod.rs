@@ -2,8 +2,12 @@
 //!
 //! Each layout has a scalar loop, and on x86-64 CPUs with AVX-512 (F and
 //! DQ, which bring the 64-bit multiply) a loop that hashes eight rows per
-//! instruction ([`avx512`]); both compute [`crate::mix::xxh64`] exactly.
+//! instruction ([`avx512`]); integers also have four-row AVX2 lanes
+//! ([`avx2`]) for the CPUs without it. All compute [`crate::mix::xxh64`]
+//! exactly.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
@@ -33,13 +37,13 @@ pub fn buckets_of_offsets_into<O: Offset>(offsets: &[O], bytes: &[u8], n: u64, o
     fill_offsets(offsets, bytes, n, out, WIDEST);
 }
 
-/// Whether to take the widest lanes the CPU has; the tests also run the
-/// scalar loops where the CPU would not.
-const WIDEST: bool = true;
+/// The widest lanes to take, in bits, where the CPU has them (64: the
+/// scalar loops); the tests also run the narrower ones.
+const WIDEST: u32 = 512;
 
-fn fill_offsets<O: Offset>(offsets: &[O], bytes: &[u8], n: u64, out: &mut [MaybeUninit<i64>], widest: bool) {
+fn fill_offsets<O: Offset>(offsets: &[O], bytes: &[u8], n: u64, out: &mut [MaybeUninit<i64>], widest: u32) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(lanes) = avx512::Lanes::new(n).filter(|_| widest) {
+    if let Some(lanes) = avx512::Lanes::new(n).filter(|_| widest >= 512) {
         // SAFETY: `Lanes` exists only where the CPU has said it has AVX-512.
         return unsafe { lanes.offsets(offsets, bytes, out) };
     }
@@ -63,10 +67,10 @@ pub fn buckets_of_views(views: &[u128], buffers: &[&[u8]], n: u64) -> Vec<i64> {
     views_with(views, buffers, n, WIDEST)
 }
 
-fn views_with(views: &[u128], buffers: &[&[u8]], n: u64, widest: bool) -> Vec<i64> {
+fn views_with(views: &[u128], buffers: &[&[u8]], n: u64, widest: u32) -> Vec<i64> {
     filled(views.len(), |out| {
         #[cfg(target_arch = "x86_64")]
-        if let Some(lanes) = avx512::Lanes::new(n).filter(|_| widest) {
+        if let Some(lanes) = avx512::Lanes::new(n).filter(|_| widest >= 512) {
             // SAFETY: as above.
             return unsafe { lanes.views(views, buffers, out) };
         }
@@ -100,12 +104,18 @@ pub fn buckets_of_ints(values: &[u64], n: u64) -> Vec<i64> {
     ints_with(values, n, WIDEST)
 }
 
-fn ints_with(values: &[u64], n: u64, widest: bool) -> Vec<i64> {
+fn ints_with(values: &[u64], n: u64, widest: u32) -> Vec<i64> {
     filled(values.len(), |out| {
         #[cfg(target_arch = "x86_64")]
-        if let Some(lanes) = avx512::Lanes::new(n).filter(|_| widest) {
-            // SAFETY: as above.
-            return unsafe { lanes.ints(values, out) };
+        {
+            if let Some(lanes) = avx512::Lanes::new(n).filter(|_| widest >= 512) {
+                // SAFETY: as above.
+                return unsafe { lanes.ints(values, out) };
+            }
+            if let Some(lanes) = avx2::Lanes::new(n).filter(|_| widest >= 256) {
+                // SAFETY: as above.
+                return unsafe { lanes.ints(values, out) };
+            }
         }
         let n = StrengthReducedU64::new(n);
         for (o, &v) in out.iter_mut().zip(values) {
@@ -154,7 +164,7 @@ mod tests {
         for count in [0, 1, 7, 8, 9, 1001] {
             let (offsets, bytes) = rows(count);
             for n in NS {
-                for widest in [true, false] {
+                for widest in [512, 256, 64] {
                     let out = filled(count, |o| fill_offsets(&offsets, &bytes, n, o, widest));
                     for (i, w) in offsets.windows(2).enumerate() {
                         let want = xxh64(&bytes[w[0] as usize..w[1] as usize]) % n;
@@ -195,7 +205,7 @@ mod tests {
             }
             for count in [0, 1, 2, 3, 8, 9, 10, 11, 17, 1001] {
                 for n in NS {
-                    for widest in [true, false] {
+                    for widest in [512, 256, 64] {
                         let out = views_with(&views[..count], &buffers, n, widest);
                         assert_eq!(out.len(), count);
                         for i in 0..count {
@@ -214,7 +224,7 @@ mod tests {
         let mut values: Vec<u64> = (0..1001u64).map(mix64).collect();
         values.extend([0, 1, u64::MAX, i64::MIN as u64, i64::MAX as u64]);
         for n in NS {
-            for widest in [true, false] {
+            for widest in [512, 256, 64] {
                 let out = ints_with(&values, n, widest);
                 assert_eq!(out.len(), values.len());
                 for (i, &v) in values.iter().enumerate() {
