@@ -22,11 +22,12 @@ pub fn xxh64(bytes: &[u8]) -> u64 {
     twox_hash::XxHash64::oneshot(0, bytes)
 }
 
-const P1: u64 = 0x9E37_79B1_85EB_CA87;
-const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-const P3: u64 = 0x1656_67B1_9E37_79F9;
-const P4: u64 = 0x85EB_CA77_C2B2_AE63;
-const P5: u64 = 0x27D4_EB2F_1656_67C5;
+// xxHash64's primes, which the vector loops in `cpu::hash` use too.
+pub(crate) const P1: u64 = 0x9E37_79B1_85EB_CA87;
+pub(crate) const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+pub(crate) const P3: u64 = 0x1656_67B1_9E37_79F9;
+pub(crate) const P4: u64 = 0x85EB_CA77_C2B2_AE63;
+pub(crate) const P5: u64 = 0x27D4_EB2F_1656_67C5;
 
 #[inline]
 fn avalanche(mut h: u64) -> u64 {

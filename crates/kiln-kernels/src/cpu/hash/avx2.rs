@@ -15,11 +15,7 @@ use std::mem::MaybeUninit;
 
 use strength_reduce::StrengthReducedU64;
 
-const P1: u64 = 0x9E37_79B1_85EB_CA87;
-const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-const P3: u64 = 0x1656_67B1_9E37_79F9;
-const P4: u64 = 0x85EB_CA77_C2B2_AE63;
-const P5: u64 = 0x27D4_EB2F_1656_67C5;
+use crate::mix::{P1, P2, P3, P4, P5};
 
 /// Proof that the CPU has AVX2.
 #[derive(Clone, Copy)]

@@ -19,13 +19,7 @@ use std::mem::MaybeUninit;
 use strength_reduce::StrengthReducedU64;
 
 use super::{Offset, offset_row, view_bytes};
-use crate::mix::xxh64;
-
-const P1: u64 = 0x9E37_79B1_85EB_CA87;
-const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-const P3: u64 = 0x1656_67B1_9E37_79F9;
-const P4: u64 = 0x85EB_CA77_C2B2_AE63;
-const P5: u64 = 0x27D4_EB2F_1656_67C5;
+use crate::mix::{P1, P2, P3, P4, P5, xxh64};
 
 /// Rows a short-string hash reads from its start, whatever its length.
 const WINDOW: usize = 32;
@@ -117,6 +111,13 @@ impl Lanes {
             .collect();
         let sizes: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
         let count = splat(buffers.len() as u64);
+        // Most arrays have one data buffer, or none: no gather then.
+        let one_buffer = (buffers.len() <= 1).then(|| {
+            (
+                splat(distances.first().map_or(0, |&d| d as u64)),
+                splat(sizes.first().map_or(0, |&s| s)),
+            )
+        });
         // The last two views are not followed by 32 bytes of views: an
         // inline row there is left to the scalar code.
         let (groups, _) = out[..views.len().saturating_sub(2)].as_chunks_mut::<8>();
@@ -140,14 +141,10 @@ impl Lanes {
             // Out-of-line rows name a buffer that exists, are short, and
             // have a whole window before their buffer ends.
             let named = _mm512_mask_cmplt_epu64_mask(!inline, buffer, count);
-            let (distance, size) = match (&distances[..], &sizes[..]) {
-                // Most arrays have one data buffer, or none.
-                ([] | [_], _) => (
-                    splat(*distances.first().unwrap_or(&0) as u64),
-                    splat(*sizes.first().unwrap_or(&0)),
-                ),
+            let (distance, size) = match one_buffer {
+                Some(splatted) => splatted,
                 // SAFETY: only lanes that name an existing buffer are read.
-                _ => unsafe {
+                None => unsafe {
                     (
                         _mm512_mask_i64gather_epi64::<8>(
                             _mm512_setzero_si512(),
