@@ -549,7 +549,7 @@ async fn execute(
             output,
         } => {
             let _endpoints = endpoints.metrics_addr.serve().await?;
-            if !allocator::tune_for_streaming() {
+            if !allocator::tune_for_reuse() {
                 tracing::debug!("allocator thresholds left at their defaults");
             }
             let events = Events::to_kafka(
@@ -689,6 +689,9 @@ async fn execute(
             output,
             ..
         } => {
+            if !allocator::tune_for_reuse() {
+                tracing::debug!("allocator thresholds left at their defaults");
+            }
             let request = kiln::training::TrainingSetRequest {
                 labels: kiln::training::LabelSource::resolve(&labels, labels_format).await?,
                 entity,

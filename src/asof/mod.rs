@@ -17,7 +17,6 @@
 //! `kiln training-set` and the SQL `ASOF JOIN` both match through here.
 
 use arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
-use arrow::compute::kernels::sort::sort_to_indices;
 use arrow::compute::{filter, take};
 use polars::prelude::{AsofJoinBy, AsofStrategy, Column, DataFrame, IdxSize, PlSmallStr};
 
@@ -100,19 +99,20 @@ pub(crate) fn match_rows(
     // Labels: complete rows, by time.
     let label_rows = labels.complete_rows()?;
     let label_time = take_i64(labels.time, &label_rows)?;
-    let by_time = sort_to_indices(&label_time, None, None)?;
+    let by_time = order::by_time(&label_time, false)?;
     let label_rows = take_u32(&label_rows, &by_time)?;
     let left = Sorted::take(labels, &label_rows)?;
 
     // Features: complete rows, by time, then keys, then the tiebreak.
     let feature_rows = features.complete_rows()?;
-    let then = features
-        .keys
-        .iter()
-        .chain(tiebreak)
-        .map(|c| take(c.as_ref(), &feature_rows, None))
-        .collect::<Result<Vec<_>, _>>()?;
-    let order = by_time_then(&take_i64(features.time, &feature_rows)?, &then, true, true)?;
+    let then: Vec<ArrayRef> = features.keys.iter().chain(tiebreak).cloned().collect();
+    let order = by_time_then(
+        &take_i64(features.time, &feature_rows)?,
+        &then,
+        Some(&feature_rows),
+        true,
+        true,
+    )?;
     let feature_rows = take_u32(&feature_rows, &order)?;
     let right = Sorted::take(features, &feature_rows)?;
 

@@ -29,12 +29,15 @@ use futures::TryStreamExt;
 
 use super::describe;
 use super::matching::Rule;
-use super::partition::{Expr, Partition, SideExprs};
+use super::partition::{Expr, Partition, SideExprs, SideLimit};
 
 /// The metric counting the rows the right side gave.
 pub const RIGHT_ROWS: &str = "right_rows";
 /// The metric counting the left rows that found a match.
 pub const MATCHED_ROWS: &str = "matched_rows";
+/// The metric counting the buckets a partition too large to match whole
+/// was split into and matched one by one.
+pub const BUCKETS: &str = "buckets";
 
 #[derive(Debug)]
 pub struct AsOfJoinExec {
@@ -194,7 +197,9 @@ impl ExecutionPlan for AsOfJoinExec {
             metrics: BaselineMetrics::new(&self.metrics, partition),
             right_rows: MetricBuilder::new(&self.metrics).counter(RIGHT_ROWS, partition),
             matched_rows: MetricBuilder::new(&self.metrics).counter(MATCHED_ROWS, partition),
+            buckets: MetricBuilder::new(&self.metrics).counter(BUCKETS, partition),
             batch_size: context.session_config().batch_size(),
+            side_bytes: SideLimit::of(context.session_config()),
         };
         let joined = job.run(
             self.left.execute(partition, Arc::clone(&context))?,

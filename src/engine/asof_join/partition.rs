@@ -1,16 +1,18 @@
 //! One partition of an as-of join, within the memory pool.
 //!
 //! Both sides are read into memory while the pool allows, up to
-//! [`SIDE_BYTES`] each; then they are matched at once. When a side does
-//! not fit, the partition becomes a grace hash join: both sides' rows go
-//! to [`BUCKETS`] spill files by a hash of their keys (salted, so rows that
-//! one hash put in this partition spread over the buckets), and the
-//! buckets are matched one at a time, each read whole. A bucket that still
-//! does not fit is split again with another salt, up to [`MAX_DEPTH`]
-//! times; past that one key's rows alone are larger than the pool, which
-//! is an error saying so. Rows of equal keys always meet in one bucket, so
-//! the answer is the one the in-memory match gives; only the order of the
-//! left rows changes.
+//! [`SIDE_BYTES`] each; then they are matched at once. When a side is
+//! larger, the partition becomes a grace hash join: both sides' rows are
+//! split into [`BUCKETS`] buckets by a hash of their keys (salted, so rows
+//! that one hash put in this partition spread over the buckets), and the
+//! buckets are matched one at a time, each read whole. The buckets stay
+//! in memory while the pool holds both sides; past that they go to spill
+//! files (see [`Store`]). A bucket larger than [`SIDE_BYTES`] is split
+//! again with another salt, up to [`MAX_DEPTH`] times; past that one
+//! key's rows alone are larger than the pool, which is an error saying
+//! so. Rows of equal keys always meet in one bucket, so the answer is the
+//! one the in-memory match gives; only the order of the left rows
+//! changes.
 
 use std::sync::Arc;
 
@@ -31,16 +33,29 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::matching::{Rule, join};
 
-/// Spill files per side when a partition does not fit.
+/// Buckets per side when a partition is split.
 const BUCKET_BITS: u32 = 4;
 const BUCKETS: usize = 1 << BUCKET_BITS;
 /// The most one side is read into memory for one match (see
-/// [`Partition::cap`]).
+/// [`Partition::cap`]), unless the session sets a [`SideLimit`].
 const SIDE_BYTES: usize = 64 << 20;
 /// How many times a bucket that does not fit is split again.
 const MAX_DEPTH: usize = 3;
 
 pub(super) type Expr = Arc<dyn PhysicalExpr>;
+
+/// A session's own [`SIDE_BYTES`], as a [`SessionConfig`] extension: the
+/// tests lower it to split small inputs into buckets.
+///
+/// [`SessionConfig`]: datafusion::prelude::SessionConfig
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SideLimit(pub usize);
+
+impl SideLimit {
+    pub fn of(config: &datafusion::prelude::SessionConfig) -> usize {
+        config.get_extension::<SideLimit>().map_or(SIDE_BYTES, |l| l.0)
+    }
+}
 
 /// What the operator evaluates on one side's rows.
 #[derive(Clone)]
@@ -78,14 +93,17 @@ pub(super) struct Partition {
     pub metrics: BaselineMetrics,
     pub right_rows: Count,
     pub matched_rows: Count,
+    pub buckets: Count,
     pub batch_size: usize,
+    /// The most a side is read into memory for one match.
+    pub side_bytes: usize,
 }
 
-/// A bucket left to match: each side's rows on disk, and how many times
+/// A bucket left to match: each side's rows, and how many times
 /// they were split.
 struct Pending {
-    left: Spilled,
-    right: Spilled,
+    left: BucketRows,
+    right: BucketRows,
     depth: usize,
 }
 
@@ -147,7 +165,7 @@ impl Partition {
         if self.left.keys.is_empty() || depth > MAX_DEPTH {
             usize::MAX
         } else {
-            SIDE_BYTES
+            self.side_bytes
         }
     }
 
@@ -187,7 +205,10 @@ impl Partition {
             }),
         };
         match (left, right) {
-            (Ok(l), Ok(r)) => Ok(Some(self.matched(l, r)?)),
+            (Ok(l), Ok(r)) => {
+                self.buckets.add(1);
+                Ok(Some(self.matched(l, r)?))
+            }
             (l, r) => {
                 if bucket.depth > MAX_DEPTH {
                     return Err(too_large(
@@ -205,19 +226,38 @@ impl Partition {
     /// Both sides split by key (split number `depth`), as the buckets to
     /// match next: those with left rows (the others give no output).
     async fn split(&self, left: Overflow, right: Overflow, depth: usize) -> Result<Vec<Pending>> {
-        let left = split_by_key(left, &self.left, &self.left_spill, depth, self.batch_size, true).await?;
+        let mut left = split_by_key(
+            left,
+            &self.left,
+            &self.left_spill,
+            self.left_memory.new_empty(),
+            true,
+            depth,
+            self.batch_size,
+            true,
+        )
+        .await?;
         let right = split_by_key(
             right,
             &self.right,
             &self.right_spill,
+            self.right_memory.new_empty(),
+            left.store.in_memory(),
             depth,
             self.batch_size,
             false,
         )
         .await?;
+        // Held left rows would keep from the pool the memory that reading
+        // the right side's buckets back needs: both sides wait in memory,
+        // or both on disk.
+        if !right.store.in_memory() {
+            left.store.move_to_disk(&self.left_spill)?;
+        }
         Ok(left
+            .into_buckets()
             .into_iter()
-            .zip(right)
+            .zip(right.into_buckets())
             .filter(|(l, _)| l.rows > 0)
             .map(|(left, right)| Pending {
                 left,
@@ -314,38 +354,159 @@ fn concat_or_empty(parts: &[ArrayRef], data_type: &DataType) -> Result<ArrayRef>
     Ok(concat(&parts)?)
 }
 
-/// A bucket's rows of one side, on disk, and how many there are.
-struct Spilled {
+/// A bucket's rows of one side, in memory or on disk, and how many there
+/// are.
+struct BucketRows {
     rows: usize,
     stream: SendableRecordBatchStream,
 }
 
-/// Writes a side's rows into [`BUCKETS`] spill files by a hash of their
-/// keys, salted by split number `depth`: the same on both sides.
+/// A side's rows split by key into [`BUCKETS`] buckets.
+struct SplitSide {
+    store: Store,
+    rows: Vec<usize>,
+    schema: SchemaRef,
+}
+
+impl SplitSide {
+    fn into_buckets(self) -> Vec<BucketRows> {
+        self.rows
+            .into_iter()
+            .zip(self.store.into_streams(&self.schema))
+            .map(|(rows, stream)| BucketRows { rows, stream })
+            .collect()
+    }
+}
+
+/// Where a side's buckets are kept while they wait to be matched.
+enum Store {
+    /// In memory, for as long as the pool holds them: writing every row to
+    /// a file and reading it back was an eighth of a training set's time.
+    Memory {
+        held: Vec<Vec<RecordBatch>>,
+        reservation: MemoryReservation,
+    },
+    /// In spill files, one per bucket.
+    Disk {
+        sinks: Vec<SpillPoolSink>,
+        streams: Vec<SendableRecordBatchStream>,
+    },
+}
+
+impl Store {
+    fn memory(reservation: MemoryReservation) -> Self {
+        Store::Memory {
+            held: vec![Vec::new(); BUCKETS],
+            reservation,
+        }
+    }
+
+    fn disk(spill: &Arc<SpillManager>) -> Self {
+        let (sinks, streams) = (0..BUCKETS)
+            .map(|_| spsc_channel(usize::MAX, Arc::clone(spill)))
+            .unzip();
+        Store::Disk { sinks, streams }
+    }
+
+    fn in_memory(&self) -> bool {
+        matches!(self, Store::Memory { .. })
+    }
+
+    /// Keeps `batch` in `bucket`: in memory if the pool allows, else on
+    /// disk from now on.
+    fn push(&mut self, bucket: usize, batch: RecordBatch, spill: &Arc<SpillManager>) -> Result<()> {
+        if let Store::Memory { held, reservation } = self {
+            if reservation.try_grow(batch.get_array_memory_size()).is_ok() {
+                held[bucket].push(batch);
+                return Ok(());
+            }
+            self.move_to_disk(spill)?;
+        }
+        match self {
+            Store::Disk { sinks, .. } => sinks[bucket].push_batch(&batch),
+            Store::Memory { .. } => unreachable!("moved to disk above"),
+        }
+    }
+
+    /// Writes what is held to spill files and frees its memory; what comes
+    /// later goes there too.
+    fn move_to_disk(&mut self, spill: &Arc<SpillManager>) -> Result<()> {
+        let Store::Memory { held, reservation } = self else {
+            return Ok(());
+        };
+        let held = std::mem::take(held);
+        let disk = Store::disk(spill);
+        if let Store::Disk { sinks, .. } = &disk {
+            for (sink, batches) in sinks.iter().zip(&held) {
+                for batch in batches {
+                    sink.push_batch(batch)?;
+                }
+            }
+        }
+        drop(held);
+        reservation.free();
+        *self = disk;
+        Ok(())
+    }
+
+    /// Each bucket's rows as a stream. Files end here; held rows give
+    /// their memory back to the pool as the stream hands them out, to the
+    /// reader that reserves it again.
+    fn into_streams(self, schema: &SchemaRef) -> Vec<SendableRecordBatchStream> {
+        match self {
+            // Dropping the sinks ends the files: their streams end where
+            // they do.
+            Store::Disk { sinks, streams } => {
+                drop(sinks);
+                streams
+            }
+            Store::Memory { held, reservation } => held
+                .into_iter()
+                .map(|batches| {
+                    let size: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+                    let mine = reservation.split(size.min(reservation.size()));
+                    let handed = futures::stream::iter(batches).map(move |batch| {
+                        mine.shrink(batch.get_array_memory_size().min(mine.size()));
+                        Ok(batch)
+                    });
+                    Box::pin(RecordBatchStreamAdapter::new(Arc::clone(schema), handed))
+                        as SendableRecordBatchStream
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Splits a side's rows into [`BUCKETS`] buckets by a hash of their keys,
+/// salted by split number `depth`: the same on both sides. They are held
+/// in `memory` if `hold` and the pool allows. `left`: these are the left
+/// side's rows (see [`Buckets::left`]).
+#[allow(clippy::too_many_arguments)]
 async fn split_by_key(
     overflow: Overflow,
     exprs: &SideExprs,
     spill: &Arc<SpillManager>,
+    memory: MemoryReservation,
+    hold: bool,
     depth: usize,
     batch_size: usize,
-    keep_unmatchable: bool,
-) -> Result<Vec<Spilled>> {
-    let mut streams = Vec::with_capacity(BUCKETS);
+    left: bool,
+) -> Result<SplitSide> {
     let mut buckets = Buckets {
         salt: 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(depth as u64 + 1),
-        keep_unmatchable,
-        sinks: Vec::with_capacity(BUCKETS),
+        left,
+        store: if hold {
+            Store::memory(memory)
+        } else {
+            Store::disk(spill)
+        },
+        spill: Arc::clone(spill),
         waiting: (0..BUCKETS).map(|_| (Vec::new(), 0)).collect(),
         rows: vec![0; BUCKETS],
         hashes: Vec::new(),
         schema: Arc::clone(spill.schema()),
         batch_size,
     };
-    for _ in 0..BUCKETS {
-        let (sink, stream) = spsc_channel(usize::MAX, Arc::clone(spill));
-        buckets.sinks.push(sink);
-        streams.push(stream);
-    }
     for batch in overflow.read {
         buckets.split(&batch, exprs)?;
     }
@@ -356,13 +517,10 @@ async fn split_by_key(
     for b in 0..BUCKETS {
         buckets.write(b)?;
     }
-    // Dropping the sinks ends the files: their streams end where they do.
-    let Buckets { rows, .. } = buckets;
-    Ok(rows
-        .into_iter()
-        .zip(streams)
-        .map(|(rows, stream)| Spilled { rows, stream })
-        .collect())
+    let Buckets {
+        store, rows, schema, ..
+    } = buckets;
+    Ok(SplitSide { store, rows, schema })
 }
 
 struct Buckets {
@@ -370,11 +528,16 @@ struct Buckets {
     /// the rows by the low bits of the same hash, and each split must
     /// spread what the one before kept together.
     salt: u64,
-    /// Whether rows that can match nothing are kept (the left side's).
-    keep_unmatchable: bool,
-    sinks: Vec<SpillPoolSink>,
+    /// Whether these are the left side's rows, which are output: those
+    /// that can match nothing are kept.
+    left: bool,
+    store: Store,
+    spill: Arc<SpillManager>,
     /// Rows wait per bucket until there are a batch's worth, so that the
-    /// files hold batches of the usual size, not slivers.
+    /// buckets hold batches of the usual size, not slivers: held as
+    /// slivers, the right side's rows took as long again to split a second
+    /// time, and glibc's malloc searched its free lists for a quarter of
+    /// the time of 3 M labels against 30 M feature rows.
     waiting: Vec<(Vec<RecordBatch>, usize)>,
     rows: Vec<usize>,
     hashes: Vec<u64>,
@@ -404,7 +567,7 @@ impl Buckets {
                 // The top bits of a multiply: every bit of the hash counts.
                 let mixed = (hash ^ self.salt).wrapping_mul(0xff51_afd7_ed55_8ccd);
                 (mixed >> (64 - BUCKET_BITS)) as usize
-            } else if self.keep_unmatchable {
+            } else if self.left {
                 row % BUCKETS
             } else {
                 continue;
@@ -416,11 +579,10 @@ impl Buckets {
                 continue;
             }
             let count = rows.len();
-            self.waiting[b]
-                .0
-                .push(take_record_batch(batch, &UInt32Array::from(rows))?);
-            self.waiting[b].1 += count;
+            let part = take_record_batch(batch, &UInt32Array::from(rows))?;
             self.rows[b] += count;
+            self.waiting[b].0.push(part);
+            self.waiting[b].1 += count;
             if self.waiting[b].1 >= self.batch_size {
                 self.write(b)?;
             }
@@ -431,7 +593,9 @@ impl Buckets {
     fn write(&mut self, b: usize) -> Result<()> {
         let (parts, rows) = std::mem::take(&mut self.waiting[b]);
         if rows > 0 {
-            self.sinks[b].push_batch(&concat_batches(&self.schema, &parts)?)?;
+            let batch = concat_batches(&self.schema, &parts)?;
+            drop(parts);
+            self.store.push(b, batch, &self.spill)?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use datafusion::physical_plan::displayable;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParser, Statement};
 
+use super::partition::SideLimit;
 use super::{AsOfJoinPlanner, fold_asof_joins};
 use crate::engine::rule_testing::small_state;
 
@@ -398,19 +399,39 @@ fn session_with_pool(bytes: usize) -> SessionContext {
 
 /// The query's rows and the number of spill files its plan wrote.
 async fn rows_and_spills(ctx: &SessionContext, text: &str) -> Result<(String, usize)> {
+    let (rows, spills, _) = rows_spills_and_buckets(ctx, text).await?;
+    Ok((rows, spills))
+}
+
+/// The query's rows, the spill files the as-of join wrote and the buckets
+/// it matched.
+async fn rows_spills_and_buckets(ctx: &SessionContext, text: &str) -> Result<(String, usize, usize)> {
     let df = sql(ctx, text).await?;
     let task = Arc::new(df.task_ctx());
     let plan = df.create_physical_plan().await?;
     let batches = datafusion::physical_plan::collect(Arc::clone(&plan), task).await?;
-    fn spills(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
+    fn of_join(
+        plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        metric: &dyn Fn(&datafusion::physical_plan::metrics::MetricsSet) -> Option<usize>,
+    ) -> usize {
         let own = if plan.name() == "AsOfJoinExec" {
-            plan.metrics().and_then(|m| m.spill_count()).unwrap_or(0)
+            plan.metrics().and_then(|m| metric(&m)).unwrap_or(0)
         } else {
             0
         };
-        own + plan.children().into_iter().map(spills).sum::<usize>()
+        own + plan
+            .children()
+            .into_iter()
+            .map(|c| of_join(c, metric))
+            .sum::<usize>()
     }
-    Ok((pretty_format_batches(&batches)?.to_string(), spills(&plan)))
+    Ok((
+        pretty_format_batches(&batches)?.to_string(),
+        of_join(&plan, &|m| m.spill_count()),
+        of_join(&plan, &|m| {
+            m.sum_by_name(super::exec::BUCKETS).map(|v| v.as_usize())
+        }),
+    ))
 }
 
 #[tokio::test]
@@ -428,6 +449,29 @@ async fn sides_larger_than_the_memory_pool_spill_and_give_the_same_answer() {
     register(&small, "f", f);
     let (got, spilled) = rows_and_spills(&small, query).await.unwrap();
     assert!(spilled > 0, "the join spilled");
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn sides_split_into_buckets_that_the_pool_holds_stay_in_memory() {
+    let (l, f) = random_tables(7, 5000, 200_000, 2000);
+    let query = "SELECT l.id, f.t AS ft, f.v FROM l ASOF JOIN f MATCH_CONDITION (l.t > f.t) ON l.k = f.k ORDER BY l.id";
+    let whole = session();
+    register(&whole, "l", l.clone());
+    register(&whole, "f", f.clone());
+    let want = rows_and_spills(&whole, query).await.unwrap().0;
+    // Each partition's feature side (about 2.5 MiB) is read in buckets of
+    // at most 256 KiB, twice split; the pool holds them all.
+    let mut state = small_state(7, None)
+        .with_relation_planners(vec![Arc::new(AsOfJoinPlanner)])
+        .build();
+    state.config_mut().set_extension(Arc::new(SideLimit(256 << 10)));
+    let split = SessionContext::new_with_state(state);
+    register(&split, "l", l);
+    register(&split, "f", f);
+    let (got, spilled, buckets) = rows_spills_and_buckets(&split, query).await.unwrap();
+    assert!(buckets > 16, "the partitions were split twice: {buckets} buckets");
+    assert_eq!(spilled, 0, "the buckets were held in memory");
     assert_eq!(got, want);
 }
 
