@@ -74,7 +74,7 @@ pub(crate) fn by_time_then(
 /// Times without nulls whose span and row numbers fit in 64 bits together
 /// (30 days in microseconds take 42 bits, which leaves 4 M rows) are
 /// sorted as one integer each, time above row: a sort of plain `u64`s,
-/// not of (row, time) pairs through a comparison, and half the time.
+/// not of (row, time) pairs through a comparison.
 pub(crate) fn by_time(time: &Int64Array, nulls_first: bool) -> Result<UInt32Array> {
     let values = time.values();
     if time.null_count() == 0

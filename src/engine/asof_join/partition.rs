@@ -579,10 +579,11 @@ impl Buckets {
                 continue;
             }
             let count = rows.len();
-            let part = take_record_batch(batch, &UInt32Array::from(rows))?;
-            self.rows[b] += count;
-            self.waiting[b].0.push(part);
+            self.waiting[b]
+                .0
+                .push(take_record_batch(batch, &UInt32Array::from(rows))?);
             self.waiting[b].1 += count;
+            self.rows[b] += count;
             if self.waiting[b].1 >= self.batch_size {
                 self.write(b)?;
             }
