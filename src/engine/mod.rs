@@ -3,6 +3,7 @@
 
 mod asof_join;
 mod count_distinct;
+mod day_cast;
 mod distinct;
 mod join_sides;
 mod over_all;
@@ -72,6 +73,8 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
     }
     let runtime = runtime.build_arc()?;
     crate::ops::metrics::track_engine(&runtime);
+    // Where DataFusion's defaults lose to peers on feature workloads.
+    let rewrites = std::env::var("KILN_REWRITES").unwrap_or_else(|_| "all".to_string());
     let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
@@ -79,9 +82,10 @@ pub fn session(resources: &Resources) -> Result<SessionContext> {
         // `ASOF JOIN` (see `fold_asof_joins`, which every statement goes
         // through first).
         .with_relation_planners(vec![Arc::new(AsOfJoinPlanner)])
-        .with_query_planner(Arc::new(KilnQueryPlanner));
-    // Where DataFusion's defaults lose to peers on feature workloads.
-    let rewrites = std::env::var("KILN_REWRITES").unwrap_or_else(|_| "all".to_string());
+        .with_query_planner(Arc::new(KilnQueryPlanner::new(rewrite_enabled(
+            &rewrites,
+            "date_cast",
+        ))));
     if rewrite_enabled(&rewrites, "shared_subqueries") {
         state = state.with_analyzer_rule(Arc::new(ShareRepeatedSubqueries));
     }
@@ -135,7 +139,7 @@ pub(crate) fn with_kiln_physical_rules(
 
 /// `KILN_REWRITES`: `all` (the default), `none`, or a comma-separated list
 /// of `count_distinct`, `distinct`, `range_window`, `join_sides`,
-/// `shared_subqueries`, `over_all`. A switch for benchmarks and for ruling
+/// `shared_subqueries`, `over_all`, `date_cast`. A switch for benchmarks and for ruling
 /// kiln's rewrites in or out when a result looks wrong.
 fn rewrite_enabled(setting: &str, rule: &str) -> bool {
     match setting.trim() {

@@ -26,7 +26,7 @@ pub fn session_with(
     let state = SessionStateBuilder::new()
         .with_config(SessionConfig::new().with_batch_size(8))
         .with_default_features()
-        .with_query_planner(Arc::new(KilnQueryPlanner))
+        .with_query_planner(Arc::new(KilnQueryPlanner::default()))
         .build();
     let ctx = SessionContext::new_with_state(state);
     if let Some(rule) = rule {
@@ -54,7 +54,7 @@ pub fn small_state(batch_size: usize, pool: Option<usize>) -> SessionStateBuilde
         )
         .with_runtime_env(runtime.build_arc().unwrap())
         .with_default_features()
-        .with_query_planner(Arc::new(KilnQueryPlanner))
+        .with_query_planner(Arc::new(KilnQueryPlanner::default()))
 }
 
 /// The query's result, as a table of text.
