@@ -158,7 +158,11 @@ impl FileWriter {
         let config = WriterConfig::new(
             self.schema.clone(),
             Vec::new(),
-            Some(encoding::writer_properties(rows, self.buffers.row_group_bytes)),
+            Some(encoding::writer_properties(
+                rows,
+                self.buffers.row_group_bytes,
+                &self.held,
+            )),
             Some(DEFAULT_TARGET_FILE_SIZE),
             None,
             self.stats.num_indexed_cols,
