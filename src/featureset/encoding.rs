@@ -73,14 +73,15 @@ fn mostly_distinct_columns(first: &[RecordBatch]) -> Vec<String> {
     }
     let random_state = foldhash::quality::FixedState::with_seed(0);
     let mut hashes = Vec::new();
+    let mut distinct =
+        hashbrown::HashSet::with_capacity_and_hasher(sampled, foldhash::fast::FixedState::default());
     schema
         .fields()
         .iter()
         .enumerate()
         .filter(|(_, f)| !f.data_type().is_nested())
         .filter(|(i, _)| {
-            let mut distinct =
-                hashbrown::HashSet::with_capacity_and_hasher(sampled, foldhash::fast::FixedState::default());
+            distinct.clear();
             for batch in &sample {
                 let column = batch.column(*i);
                 hashes.clear();
