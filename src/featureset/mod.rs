@@ -37,7 +37,7 @@ pub use schema::{Fit, fit, storable_schema, to_storable};
 pub use stats::StatsCollector;
 pub use tables::OpenTables;
 pub use watch::{Arrived, Wanted, recent_commits, trigger_commit, wait};
-pub use write::{FileWriter, WriteBuffers, WrittenFiles, write_batches};
+pub use write::{FileWriter, WriteBuffers, WrittenFiles, finish_parts, write_batches};
 
 /// The table URL of a feature set location: a path (relative to the
 /// working directory), `file://`, `s3://` or `gs://`. Nothing is created.

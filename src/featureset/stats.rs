@@ -78,6 +78,20 @@ impl StatsCollector {
         }
     }
 
+    /// Fold in the statistics of another part of the same write.
+    pub fn merge(&mut self, part: StatsCollector) {
+        for (col, part) in self.columns.iter_mut().zip(part.columns) {
+            col.count += part.count;
+            col.null_count += part.null_count;
+            col.min = merged(col.min.take(), part.min);
+            col.max = merged(col.max.take(), part.max);
+            col.sum = match (col.sum, part.sum) {
+                (Some((s, n)), Some((part_s, part_n))) => Some((s + part_s, n + part_n)),
+                _ => None,
+            };
+        }
+    }
+
     pub fn finish(self) -> Vec<ColumnStats> {
         self.columns
             .into_iter()
@@ -92,6 +106,20 @@ impl StatsCollector {
             })
             .collect()
     }
+}
+
+/// `into` with `part`'s state folded in; none where either has none.
+fn merged<A: Accumulator>(into: Option<A>, part: Option<A>) -> Option<A> {
+    let (mut into, mut part) = (into?, part?);
+    let state = part
+        .state()
+        .ok()?
+        .iter()
+        .map(ScalarValue::to_array)
+        .collect::<datafusion::error::Result<Vec<_>>>()
+        .ok()?;
+    into.merge_batch(&state).ok()?;
+    Some(into)
 }
 
 /// A value as a reader would write it: times and dates in ISO 8601 (a
@@ -159,6 +187,42 @@ mod tests {
         assert_eq!(stats[1].min.as_deref(), Some("a"));
         assert_eq!(stats[1].max.as_deref(), Some("c"));
         assert_eq!(stats[1].mean, None);
+    }
+
+    #[test]
+    fn parts_merge_as_if_gathered_whole() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let batch = |n: Vec<Option<i64>>, s: Vec<Option<&str>>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(n)), Arc::new(StringArray::from(s))],
+            )
+            .unwrap()
+        };
+        let first = batch(vec![Some(4), None, Some(7)], vec![Some("m"), Some("z"), None]);
+        let second = batch(vec![Some(-3), Some(5)], vec![Some("b"), None]);
+        let mut whole = StatsCollector::new(&schema);
+        whole.update(&first);
+        whole.update(&second);
+        let mut a = StatsCollector::new(&schema);
+        a.update(&first);
+        let mut b = StatsCollector::new(&schema);
+        b.update(&second);
+        // A part that saw no rows changes nothing.
+        let empty = StatsCollector::new(&schema);
+        b.merge(empty);
+        a.merge(b);
+        let (merged, whole) = (a.finish(), whole.finish());
+        assert_eq!(merged, whole);
+        assert_eq!(merged[0].min.as_deref(), Some("-3"));
+        assert_eq!(merged[0].max.as_deref(), Some("7"));
+        assert_eq!(merged[0].count, 4);
+        assert_eq!(merged[1].min.as_deref(), Some("b"));
+        assert_eq!(merged[1].max.as_deref(), Some("z"));
+        assert_eq!(merged[1].null_count, 2);
     }
 
     #[test]

@@ -43,6 +43,16 @@ impl WriteBuffers {
             row_group_bytes: (bytes / 2).clamp(4 * MIB, 64 * MIB),
         }
     }
+
+    /// One of `n` writers' equal shares, each as large as one writer needs
+    /// at least.
+    pub fn shared_by(self, n: usize) -> Self {
+        let n = n.max(1);
+        Self {
+            hold_bytes: (self.hold_bytes / n).max(Self::within(0).hold_bytes),
+            row_group_bytes: (self.row_group_bytes / n).max(Self::within(0).row_group_bytes),
+        }
+    }
 }
 
 /// Data files written for one feature set and not committed yet.
@@ -115,6 +125,23 @@ impl FileWriter {
         })
     }
 
+    /// A writer into the same feature set with nothing written yet, for
+    /// another part of the same output (see [`finish_parts`]).
+    pub fn sibling(&self, buffers: WriteBuffers) -> Self {
+        Self {
+            location: self.location.clone(),
+            schema: self.schema.clone(),
+            store: self.store.clone(),
+            stats: self.stats.clone(),
+            buffers,
+            held: Vec::new(),
+            held_rows: 0,
+            held_bytes: 0,
+            writer: None,
+            rows: 0,
+        }
+    }
+
     pub fn rows(&self) -> u64 {
         self.rows
     }
@@ -185,6 +212,34 @@ impl FileWriter {
     }
 }
 
+/// Close the writers of the parts of one output (see
+/// [`FileWriter::sibling`]). The rows of those still holding their first
+/// rows back go into one file together: a small output written in parts
+/// is one file, as it would be written whole.
+pub async fn finish_parts(writers: Vec<FileWriter>) -> Result<WrittenFiles> {
+    let mut written = WrittenFiles::default();
+    let mut add = |files: WrittenFiles| {
+        written.adds.extend(files.adds);
+        written.rows += files.rows;
+    };
+    let mut pool: Option<FileWriter> = None;
+    for mut part in writers {
+        if part.writer.is_some() {
+            add(part.finish().await?);
+        } else if let Some(pool) = &mut pool {
+            for batch in std::mem::take(&mut part.held) {
+                pool.write(batch).await?;
+            }
+        } else {
+            pool = Some(part);
+        }
+    }
+    if let Some(pool) = pool {
+        add(pool.finish().await?);
+    }
+    Ok(written)
+}
+
 /// Write `batches` (all of them already in memory: dead letters, tests)
 /// into data files of the feature set at `location`.
 pub async fn write_batches(
@@ -199,4 +254,106 @@ pub async fn write_batches(
         writer.write(batch).await?;
     }
     writer.finish().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+    use crate::featureset::OpenTables;
+
+    fn batch(schema: &SchemaRef, from: i64, rows: i64) -> RecordBatch {
+        let values = Int64Array::from_iter_values(from..from + rows);
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(values)]).unwrap()
+    }
+
+    /// The values in the files of `written`, sorted.
+    fn read_back(dir: &std::path::Path, written: &WrittenFiles) -> Vec<i64> {
+        let mut values = Vec::new();
+        for add in &written.adds {
+            let file = std::fs::File::open(dir.join(&add.path)).unwrap();
+            for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap()
+            {
+                let batch = batch.unwrap();
+                let column = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                values.extend(column.values().iter().copied());
+            }
+        }
+        values.sort_unstable();
+        values
+    }
+
+    /// Three writers of the parts of one output into a feature set in `dir`,
+    /// each with the smallest buffers.
+    async fn three_parts(dir: &std::path::Path) -> (SchemaRef, Vec<FileWriter>) {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let buffers = WriteBuffers::within(0);
+        let location = dir.display().to_string();
+        let first = FileWriter::open(&location, schema.clone(), &OpenTables::default(), buffers)
+            .await
+            .unwrap();
+        (
+            schema,
+            vec![first.sibling(buffers), first.sibling(buffers), first],
+        )
+    }
+
+    #[tokio::test]
+    async fn parts_holding_their_first_rows_pool_into_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, mut parts) = three_parts(dir.path()).await;
+
+        // Two small parts and one past what a writer holds back (1 MiB).
+        parts[0].write(batch(&schema, 0, 10)).await.unwrap();
+        parts[0].write(batch(&schema, 10, 5)).await.unwrap();
+        parts[1].write(batch(&schema, 15, 20)).await.unwrap();
+        parts[2].write(batch(&schema, 35, 200_000)).await.unwrap();
+        assert!(parts[2].writer.is_some() && parts[0].writer.is_none());
+
+        let written = finish_parts(parts).await.unwrap();
+        assert_eq!(written.rows, 200_035);
+        assert_eq!(
+            written.adds.len(),
+            2,
+            "the large part's file and one for the rest"
+        );
+        assert_eq!(read_back(dir.path(), &written), (0..200_035).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_small_output_in_parts_is_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, mut parts) = three_parts(dir.path()).await;
+        parts[1].write(batch(&schema, 0, 3)).await.unwrap();
+        parts[2].write(batch(&schema, 3, 4)).await.unwrap();
+
+        let written = finish_parts(parts).await.unwrap();
+        assert_eq!(written.rows, 7);
+        assert_eq!(written.adds.len(), 1);
+        assert_eq!(read_back(dir.path(), &written), (0..7).collect::<Vec<_>>());
+
+        // Parts that saw no rows write nothing.
+        let (_, empty) = three_parts(dir.path()).await;
+        let written = finish_parts(empty).await.unwrap();
+        assert_eq!((written.rows, written.adds.len()), (0, 0));
+    }
+
+    #[test]
+    fn shares_never_fall_below_what_one_writer_needs() {
+        let whole = WriteBuffers::within(256 << 20);
+        let half = whole.shared_by(2);
+        assert_eq!(half.hold_bytes, whole.hold_bytes / 2);
+        assert_eq!(half.row_group_bytes, whole.row_group_bytes / 2);
+        let tiny = WriteBuffers::within(0).shared_by(64);
+        assert_eq!(tiny.hold_bytes, WriteBuffers::within(0).hold_bytes);
+        assert_eq!(tiny.row_group_bytes, WriteBuffers::within(0).row_group_bytes);
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::execution::TaskContext;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream};
 use futures::StreamExt;
 
 use super::progress::Progress;
@@ -513,7 +513,9 @@ async fn physical_plan(insert: &PlannedInsert) -> Result<(Arc<dyn ExecutionPlan>
     Ok((plan, task))
 }
 
-/// Run one INSERT's plan into new data files of its feature set.
+/// Run one INSERT's plan into new data files of its feature set. Each of
+/// the plan's output partitions is drained by a writer of its own, so
+/// that encoding the Parquet files uses as many cores as the query does.
 async fn write_insert(
     insert: PlannedInsert,
     (plan, task): (Arc<dyn ExecutionPlan>, Arc<TaskContext>),
@@ -521,15 +523,36 @@ async fn write_insert(
     buffers: WriteBuffers,
     progress: Progress,
 ) -> Result<(WrittenFiles, Vec<featureset::ColumnStats>)> {
-    let mut writer = FileWriter::open(
+    let parts = plan.output_partitioning().partition_count().max(1);
+    let share = buffers.shared_by(parts);
+    let first = FileWriter::open(
         &insert.feature_set.location,
         insert.target_schema.clone(),
         &tables,
-        buffers,
+        share,
     )
     .await?;
-    let stats = execute_plan(&insert, plan, task, &progress, Some(&mut writer)).await?;
-    Ok((writer.finish().await?, stats))
+    let mut writers: Vec<FileWriter> = (1..parts).map(|_| first.sibling(share)).collect();
+    writers.insert(0, first);
+    let insert = Arc::new(insert);
+    let mut jobs = Vec::with_capacity(parts);
+    for (part, mut writer) in writers.into_iter().enumerate() {
+        let stream = plan
+            .execute(part, Arc::clone(&task))
+            .context(|| format!("planning the query for '{}'", insert.feature_set.name))?;
+        let (insert, progress) = (Arc::clone(&insert), progress.clone());
+        jobs.push(async move {
+            let stats = drain(&insert, stream, &progress, Some(&mut writer)).await?;
+            Ok((writer, stats))
+        });
+    }
+    let mut writers = Vec::with_capacity(parts);
+    let mut stats = StatsCollector::new(&insert.target_schema);
+    for (writer, part) in all_at_once(jobs).await? {
+        writers.push(writer);
+        stats.merge(part);
+    }
+    Ok((featureset::finish_parts(writers).await?, stats.finish()))
 }
 
 /// Run one INSERT's query to completion, its rows in storable form into
@@ -541,18 +564,19 @@ pub(super) async fn execute(
     writer: Option<&mut FileWriter>,
 ) -> Result<Vec<featureset::ColumnStats>> {
     let (plan, task) = physical_plan(insert).await?;
-    execute_plan(insert, plan, task, progress, writer).await
+    let stream = datafusion::physical_plan::execute_stream(plan, task)
+        .context(|| format!("planning the query for '{}'", insert.feature_set.name))?;
+    Ok(drain(insert, stream, progress, writer).await?.finish())
 }
 
-async fn execute_plan(
+/// The rows of `stream`, in storable form, into `writer`; the statistics
+/// of their columns.
+async fn drain(
     insert: &PlannedInsert,
-    plan: Arc<dyn ExecutionPlan>,
-    task: Arc<TaskContext>,
+    mut stream: SendableRecordBatchStream,
     progress: &Progress,
     mut writer: Option<&mut FileWriter>,
-) -> Result<Vec<featureset::ColumnStats>> {
-    let mut stream = datafusion::physical_plan::execute_stream(plan, task)
-        .context(|| format!("planning the query for '{}'", insert.feature_set.name))?;
+) -> Result<StatsCollector> {
     let mut stats = StatsCollector::new(&insert.target_schema);
     while let Some(batch) = stream.next().await {
         let batch = batch.context(|| format!("computing '{}'", insert.feature_set.name))?;
@@ -566,5 +590,5 @@ async fn execute_plan(
             writer.write(stored).await?;
         }
     }
-    Ok(stats.finish())
+    Ok(stats)
 }
