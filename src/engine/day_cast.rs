@@ -12,7 +12,8 @@
 //! [`dates_by_arithmetic`] swaps the cast for [`DateOf`] in an optimized
 //! logical plan, just before physical planning, and only in projections
 //! and aggregates: a cast in a filter stays a cast, which the Parquet scan
-//! can prune row groups with.
+//! can prune row groups with. The hour, minute and day of the week of such
+//! a time are swapped there too (see [`super::time_parts`]).
 
 use std::sync::{Arc, LazyLock};
 
@@ -32,6 +33,8 @@ use datafusion::logical_expr::{
     ScalarUDFImpl, Signature, Volatility,
 };
 
+use super::time_parts;
+
 /// Every `CAST(ts AS DATE)` of a timestamp in a fixed-offset zone, in the
 /// projections and aggregates of `plan`, as [`DateOf`]. The plan's schema
 /// and column names stay as they were.
@@ -47,7 +50,10 @@ pub fn dates_by_arithmetic(plan: LogicalPlan) -> Result<LogicalPlan> {
             let names = NamePreserver::new(&node);
             node.map_expressions(|expr| {
                 let name = names.save(&expr);
-                let rewritten = expr.transform_up(|e| swap_cast(e, input.as_ref()))?;
+                let rewritten = expr.transform_up(|e| {
+                    swap_cast(e, input.as_ref())?
+                        .transform_data(|e| time_parts::swap_date_part(e, input.as_ref()))
+                })?;
                 Ok(if rewritten.transformed {
                     Transformed::yes(name.restore(rewritten.data))
                 } else {
@@ -82,7 +88,7 @@ fn swap_cast(expr: Expr, schema: &dyn ExprSchema) -> Result<Transformed<Expr>> {
 /// Seconds east of UTC of a zone whose offset never changes: none (a
 /// naive timestamp, read as UTC, as Arrow does), the names of UTC, and
 /// `+HH:MM` / `-HHMM` / `+HH` offsets.
-fn fixed_offset_seconds(tz: Option<&str>) -> Option<i64> {
+pub(super) fn fixed_offset_seconds(tz: Option<&str>) -> Option<i64> {
     const UTC_NAMES: [&str; 8] = [
         "UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Zulu", "Etc/Zulu",
     ];
@@ -171,7 +177,7 @@ fn dates_of(times: &ArrayRef) -> Result<ArrayRef> {
 /// Days of the first and last dates chrono represents, one day inside
 /// each end: Arrow's cast fails past them, and the arithmetic leaves those
 /// times to it.
-static DAY_RANGE: LazyLock<(i64, i64)> = LazyLock::new(|| {
+pub(super) static DAY_RANGE: LazyLock<(i64, i64)> = LazyLock::new(|| {
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
     let days = |d: NaiveDate| d.signed_duration_since(epoch).num_days();
     (days(NaiveDate::MIN) + 1, days(NaiveDate::MAX) - 1)
@@ -204,7 +210,7 @@ fn by_arithmetic<T: ArrowTimestampType, const PER_SECOND: i64>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use arrow::array::{
         TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray,
     };
@@ -284,7 +290,7 @@ mod tests {
 
     /// A session over `times` (UTC microseconds, `+05:30` seconds, Berlin
     /// microseconds), with the rewrite on or off.
-    fn session(arithmetic: bool) -> SessionContext {
+    pub(in crate::engine) fn session(arithmetic: bool) -> SessionContext {
         let n = 5_000i64;
         let micros: Vec<i64> = (0..n).map(|i| (i * 7_919 - 2_000_000) * 60_000_000 / 7).collect();
         let utc = TimestampMicrosecondArray::from(micros.clone()).with_timezone("UTC");

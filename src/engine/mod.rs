@@ -14,6 +14,7 @@ mod resources;
 #[cfg(test)]
 mod rule_testing;
 mod shared;
+mod time_parts;
 mod types;
 
 use std::sync::Arc;
