@@ -111,8 +111,18 @@ impl FileWriter {
                 )
             }
         };
-        Ok(Self {
-            location: location.to_string(),
+        Ok(Self::empty(location.to_string(), schema, store, stats, buffers))
+    }
+
+    fn empty(
+        location: String,
+        schema: SchemaRef,
+        store: ObjectStoreRef,
+        stats: WriterStatsConfig,
+        buffers: WriteBuffers,
+    ) -> Self {
+        Self {
+            location,
             schema,
             store,
             stats,
@@ -122,24 +132,19 @@ impl FileWriter {
             held_bytes: 0,
             writer: None,
             rows: 0,
-        })
+        }
     }
 
     /// A writer into the same feature set with nothing written yet, for
     /// another part of the same output (see [`finish_parts`]).
     pub fn sibling(&self, buffers: WriteBuffers) -> Self {
-        Self {
-            location: self.location.clone(),
-            schema: self.schema.clone(),
-            store: self.store.clone(),
-            stats: self.stats.clone(),
+        Self::empty(
+            self.location.clone(),
+            self.schema.clone(),
+            self.store.clone(),
+            self.stats.clone(),
             buffers,
-            held: Vec::new(),
-            held_rows: 0,
-            held_bytes: 0,
-            writer: None,
-            rows: 0,
-        }
+        )
     }
 
     pub fn rows(&self) -> u64 {

@@ -532,8 +532,10 @@ async fn write_insert(
         share,
     )
     .await?;
-    let mut writers: Vec<FileWriter> = (1..parts).map(|_| first.sibling(share)).collect();
-    writers.insert(0, first);
+    let mut writers = vec![first];
+    while writers.len() < parts {
+        writers.push(writers[0].sibling(share));
+    }
     let insert = Arc::new(insert);
     let mut jobs = Vec::with_capacity(parts);
     for (part, mut writer) in writers.into_iter().enumerate() {
